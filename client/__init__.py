@@ -1,0 +1,1 @@
+"""Warbler client layer."""

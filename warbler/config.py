@@ -1,0 +1,118 @@
+"""The one configuration class. Built once at an entry point and passed down; never read at import."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from warbler.errors import ErrorCode, WarblerError
+
+_ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+psycopg": "postgresql+asyncpg",
+    "postgresql+psycopg2": "postgresql+asyncpg",
+    "mysql": "mysql+aiomysql",
+    "mysql+pymysql": "mysql+aiomysql",
+    "mariadb": "mysql+aiomysql",
+    "mariadb+pymysql": "mysql+aiomysql",
+}
+
+
+class Settings(BaseSettings):
+    """Every knob of a Warbler cluster. Environment variables use the prefix ``WARBLER_``."""
+
+    model_config = SettingsConfigDict(env_prefix="WARBLER_", extra="ignore")
+
+    mode: Literal["dev", "production"] = "dev"
+    data_dir: Path = Path(".warbler")
+    database_url: str | None = None
+    redis_url: str | None = None
+    secret_key: SecretStr | None = None
+    ray_address: str | None = None
+
+    # Ingress.
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    use_haproxy: bool = True
+    gateway_min_replicas: int = 1
+    gateway_max_replicas: int = 4
+    gateway_initial_replicas: int = 2
+    max_sockets_per_replica: int = 20_000
+    target_sockets_per_replica: int = 5_000
+
+    # Actor hosts and the directory.
+    num_hosts: int = 2
+    min_hosts: int = 1
+    max_hosts: int = 8
+    num_shards: int = 256
+    host_cpus: float = 0.0
+    idle_passivate_s: float = 300.0
+    max_active_entities: int = 200_000
+
+    # Durability.
+    writer_max_batch: int = 512
+    writer_max_delay_ms: float = 2.0
+    redis_checkpoint_every_events: int = 16
+    redis_checkpoint_every_s: float = 1.0
+    sql_checkpoint_every_events: int = 512
+
+    # Accounts and limits.
+    access_token_ttl_s: int = 900
+    refresh_token_ttl_s: int = 30 * 24 * 3600
+    max_body_bytes: int = 16 * 1024
+    max_frame_bytes: int = 64 * 1024
+    send_rate_per_s: float = 50.0
+    send_burst: int = 200
+    history_page_max: int = 500
+
+    # Batching between gateways and hosts.
+    batch_window_ms: float = 1.0
+    batch_max: int = 512
+
+    extra_ray_env: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def async_database_url(self) -> str:
+        """The SQLAlchemy URL with an asyncio driver, whatever driver the user named."""
+        url = self.database_url or f"sqlite:///{(self.data_dir / 'warbler.db').resolve()}"
+        scheme, sep, rest = url.partition("://")
+        if not sep:
+            raise WarblerError(ErrorCode.CONFIG, f"database URL has no scheme: {url!r}")
+        return f"{_ASYNC_DRIVERS.get(scheme, scheme)}://{rest}"
+
+    def resolved_secret_key(self) -> str:
+        """The signing key: given, or generated once and kept under the data dir (dev only)."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value()
+        if self.mode == "production":
+            raise WarblerError(
+                ErrorCode.CONFIG, "WARBLER_SECRET_KEY must be set in production mode"
+            )
+        path = self.data_dir / "secret_key"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(48)
+        path.write_text(key)
+        path.chmod(0o600)
+        return key
+
+    def check_production(self) -> None:
+        """Refuse insecure defaults when ``mode`` is production."""
+        if self.mode != "production":
+            return
+        problems = []
+        if self.secret_key is None:
+            problems.append("WARBLER_SECRET_KEY is unset")
+        if self.database_url is None or self.database_url.startswith("sqlite"):
+            problems.append("WARBLER_DATABASE_URL must name PostgreSQL or MySQL")
+        if self.redis_url is None:
+            problems.append("WARBLER_REDIS_URL must name a Redis server")
+        if problems:
+            raise WarblerError(ErrorCode.CONFIG, "; ".join(problems))
