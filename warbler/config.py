@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     secret_key: SecretStr | None = None
     ray_address: str | None = None
+    # Prefix of every Redis key and the Ray namespace: two clusters (or test sessions) can share
+    # one Redis server and one Ray cluster without seeing each other.
+    namespace: str = "warbler"
 
     # Ingress.
     http_host: str = "127.0.0.1"
