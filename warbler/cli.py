@@ -1,0 +1,25 @@
+"""The `warbler` command. Each subcommand imports its layer lazily, so `warbler chat` runs
+without Ray installed and `warbler --help` is instant."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="Warbler: an instant-messaging cluster on Ray.", no_args_is_help=True)
+
+
+def _register() -> None:
+    # Subcommands live next to the layer they drive; each module exposes `register(app)`.
+    from importlib import import_module
+
+    for module in ("serve.launcher", "client.cli", "loadtest.cli"):
+        try:
+            mod = import_module(module)
+        except ImportError as exc:  # a layer not installed on this machine (e.g. client-only)
+            if exc.name and not exc.name.startswith(module.split(".")[0]):
+                continue
+            raise
+        mod.register(app)
+
+
+_register()
