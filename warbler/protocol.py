@@ -1,0 +1,598 @@
+"""The wire protocol: every WebSocket frame and REST body, shared by the gateway and the SDK.
+
+WebSocket frames are JSON objects ``{"type": ..., "id": <client request id, optional>, ...}``.
+Frames a client sends are ``ClientFrame``; frames the server sends are ``ServerFrame``. REST
+bodies follow the ``XCreate`` (input) / ``XPublic`` (output) naming. docs/protocol.md documents
+every model here with an example; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import IntEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+from warbler.errors import ErrorCode, WarblerError
+
+PROTOCOL_VERSION = 1
+API_PREFIX = "/v1"
+WS_PATH = "/v1/ws"
+# Query parameter that may carry the access token on the WebSocket handshake (browsers cannot
+# set headers on a WebSocket); the Authorization header and the hello frame work too.
+WS_TOKEN_QUERY = "access_token"
+# Seconds the server waits for the hello frame before closing with CloseCode.HELLO_TIMEOUT.
+HELLO_TIMEOUT_S = 10.0
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+RequestId = str | int
+MessageKind = Literal["text", "json", "system"]
+SendKind = Literal["text", "json"]
+Role = Literal["owner", "admin", "member"]
+ConversationKind = Literal["direct", "group"]
+
+_ClientMsgId = Annotated[str, Field(min_length=1, max_length=64)]
+_Username = Annotated[str, Field(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
+_Password = Annotated[str, Field(min_length=8, max_length=256)]
+_DisplayName = Annotated[str, Field(min_length=1, max_length=64)]
+_Title = Annotated[str, Field(min_length=1, max_length=128)]
+_Id = Annotated[int, Field(ge=1)]
+_Seq = Annotated[int, Field(ge=0)]
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes the server uses (4xxx are application codes)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # the server is shutting down this replica; reconnect
+    INTERNAL = 1011  # an unexpected server fault; reconnect with backoff
+    SERVICE_RESTART = 1012  # drain after a `reconnect` frame; reconnect elsewhere now
+    BAD_HELLO = 4400  # the first frame was not a valid hello
+    UNAUTHENTICATED = 4401  # no token, a bad token, or an expired token
+    REVOKED = 4403  # the session was logged out
+    HELLO_TIMEOUT = 4408  # no hello within HELLO_TIMEOUT_S
+    UNSUPPORTED_PROTOCOL = 4426  # hello.protocol is not a version this server speaks
+
+
+class _Model(BaseModel):
+    """Base of every wire model: unknown fields are refused so typos surface as errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Out(BaseModel):
+    """Base of models the server sends: clients ignore fields they do not know (forward compat)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+def body_size(body: JsonValue) -> int:
+    """Bytes of a message body as stored: UTF-8 of the text, or of the compact JSON."""
+    if isinstance(body, str):
+        return len(body.encode())
+    return len(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def _check_body(kind: str, body: JsonValue) -> None:
+    if kind == "text" and not isinstance(body, str):
+        raise ValueError("a text message needs a string body")
+    if kind == "text" and not body:
+        raise ValueError("a text message needs a non-empty body")
+
+
+# ---------------------------------------------------------------------------------------------
+# REST bodies: accounts
+# ---------------------------------------------------------------------------------------------
+
+
+class UserCreate(_Model):
+    """POST /v1/auth/register."""
+
+    username: _Username
+    password: _Password
+    display_name: _DisplayName | None = None
+
+
+class UserUpdate(_Model):
+    """PATCH /v1/users/me."""
+
+    display_name: _DisplayName
+
+
+class UserPublic(_Out):
+    """A user as others see it."""
+
+    id: int
+    username: str
+    display_name: str
+    created_at: datetime
+
+
+class SessionCreate(_Model):
+    """POST /v1/auth/login."""
+
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=256)
+
+
+class RefreshCreate(_Model):
+    """POST /v1/auth/refresh: trade a refresh token for a new pair (the old one is revoked)."""
+
+    refresh_token: str = Field(min_length=1, max_length=256)
+
+
+class LogoutCreate(_Model):
+    """POST /v1/auth/logout: revoke this refresh token, or every one of the user's."""
+
+    refresh_token: str | None = Field(default=None, max_length=256)
+    all_devices: bool = False
+
+
+class TokenPublic(_Out):
+    """An access token (short-lived, signed) and a refresh token (long-lived, rotated)."""
+
+    access_token: str
+    refresh_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int
+    user: UserPublic
+
+
+# ---------------------------------------------------------------------------------------------
+# REST bodies: conversations and messages
+# ---------------------------------------------------------------------------------------------
+
+
+class GroupCreate(_Model):
+    """POST /v1/conversations: a group; the creator becomes its owner."""
+
+    title: _Title
+    member_ids: list[_Id] = Field(default_factory=list, max_length=1000)
+
+
+class DirectCreate(_Model):
+    """POST /v1/conversations/direct: get or open the direct conversation with a user."""
+
+    user_id: _Id
+
+
+class ConversationUpdate(_Model):
+    """PATCH /v1/conversations/{id}: rename a group."""
+
+    title: _Title
+
+
+class MembersCreate(_Model):
+    """POST /v1/conversations/{id}/members."""
+
+    user_ids: list[_Id] = Field(min_length=1, max_length=1000)
+    role: Literal["admin", "member"] = "member"
+
+
+class RoleUpdate(_Model):
+    """PUT /v1/conversations/{id}/members/{user_id}/role."""
+
+    role: Role
+
+
+class MemberPublic(_Out):
+    """One member of a conversation."""
+
+    user_id: int
+    role: Role
+    read_seq: int = 0
+
+
+class ConversationPublic(_Out):
+    """A conversation with its members (GET /v1/conversations/{id})."""
+
+    id: int
+    kind: ConversationKind
+    title: str | None = None
+    members: list[MemberPublic] = Field(default_factory=list)
+    last_seq: int = 0
+
+
+class MessagePublic(_Out):
+    """A stored message (REST history, and the payload of the `message` frame)."""
+
+    conversation_id: int
+    seq: int
+    sender_id: int
+    kind: MessageKind
+    body: JsonValue
+    created_at: datetime
+    client_msg_id: str
+
+
+class ConversationSummaryPublic(_Out):
+    """One row of GET /v1/conversations: what a chat list shows."""
+
+    id: int
+    kind: ConversationKind
+    title: str | None = None
+    last_seq: int = 0
+    read_seq: int = 0
+    unread: int = 0
+    last_message: MessagePublic | None = None
+    # For a direct conversation: the other member, so a client can show their name.
+    peer_id: int | None = None
+
+
+class MessageCreate(_Model):
+    """POST /v1/messages, and the payload of the `send` frame.
+
+    Exactly one of ``conversation_id`` and ``to_user_id``; ``to_user_id`` opens the direct
+    conversation with that user on first send. ``client_msg_id`` makes the send idempotent.
+    """
+
+    conversation_id: _Id | None = None
+    to_user_id: _Id | None = None
+    client_msg_id: _ClientMsgId
+    kind: SendKind = "text"
+    body: JsonValue
+
+    @model_validator(mode="after")
+    def _one_target(self) -> MessageCreate:
+        if (self.conversation_id is None) == (self.to_user_id is None):
+            raise ValueError("give exactly one of conversation_id and to_user_id")
+        _check_body(self.kind, self.body)
+        return self
+
+
+class AckPublic(_Out):
+    """The answer to a send: the message is durable under this seq."""
+
+    conversation_id: int
+    seq: int
+    client_msg_id: str
+    created_at: datetime
+    duplicate: bool = False
+
+
+class MessagePagePublic(_Out):
+    """GET /v1/conversations/{id}/messages: ascending seq; has_more says another page exists."""
+
+    conversation_id: int
+    messages: list[MessagePublic]
+    has_more: bool
+
+
+class ReadCreate(_Model):
+    """POST /v1/conversations/{id}/read: everything up to and including seq is read."""
+
+    seq: _Seq
+
+
+class ReceiptPublic(_Out):
+    """A member's read position (never moves backwards)."""
+
+    conversation_id: int
+    user_id: int
+    read_seq: int
+
+
+class PresencePublic(_Out):
+    """GET /v1/presence?user_ids=...: who is online now."""
+
+    online: list[int]
+
+
+class ProblemPublic(_Out):
+    """RFC 9457 problem JSON (content type application/problem+json) for every REST error."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: ErrorCode
+    instance: str | None = None
+    details: dict[str, Any] | None = None
+
+
+class HealthPublic(_Out):
+    """GET /healthz and /readyz."""
+
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# WebSocket: client -> server
+# ---------------------------------------------------------------------------------------------
+
+
+class _Request(_Model):
+    id: RequestId | None = None
+
+
+class HelloFrame(_Request):
+    """First frame on every socket. Answered by `hello_ok`, then (with cursors) a sync."""
+
+    type: Literal["hello"] = "hello"
+    protocol: int = PROTOCOL_VERSION
+    token: str | None = Field(default=None, max_length=4096)
+    device_id: str | None = Field(default=None, min_length=1, max_length=64)
+    # Present: sync right after hello_ok exactly as a `sync` frame with these cursors would.
+    cursors: dict[int, _Seq] | None = None
+
+
+class SendFrame(_Request, MessageCreate):
+    """Send a message; answered by `ack` (or `error`) carrying the same id."""
+
+    type: Literal["send"] = "send"
+
+
+class SyncFrame(_Request):
+    """Catch up: messages after each cursor, then `sync_done`, then live traffic."""
+
+    type: Literal["sync"] = "sync"
+    cursors: dict[int, _Seq] = Field(default_factory=dict)
+
+
+class HistoryFrame(_Request):
+    """Page a conversation's log; answered by `history_page`."""
+
+    type: Literal["history"] = "history"
+    conversation_id: _Id
+    after_seq: _Seq | None = None
+    before_seq: _Seq | None = None
+    limit: int = Field(default=50, ge=1, le=1000)
+
+
+class ReadFrame(_Request):
+    """Mark read up to seq; answered by `receipt`, which other members receive too."""
+
+    type: Literal["read"] = "read"
+    conversation_id: _Id
+    seq: _Seq
+
+
+class TypingFrame(_Request):
+    """Ephemeral typing indicator for the other members; no answer."""
+
+    type: Literal["typing"] = "typing"
+    conversation_id: _Id
+    active: bool = True
+
+
+class PresenceQueryFrame(_Request):
+    """Ask who of these users is online; answered by one `presence` frame per user."""
+
+    type: Literal["presence"] = "presence"
+    user_ids: list[_Id] = Field(min_length=1, max_length=1000)
+
+
+class PingFrame(_Request):
+    """Keepalive; answered by `pong`."""
+
+    type: Literal["ping"] = "ping"
+
+
+ClientFrame = Annotated[
+    HelloFrame
+    | SendFrame
+    | SyncFrame
+    | HistoryFrame
+    | ReadFrame
+    | TypingFrame
+    | PresenceQueryFrame
+    | PingFrame,
+    Field(discriminator="type"),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# WebSocket: server -> client
+# ---------------------------------------------------------------------------------------------
+
+
+class LimitsPublic(_Out):
+    """Limits the server enforces, announced in hello_ok."""
+
+    max_frame_bytes: int
+    max_body_bytes: int
+    send_rate_per_s: float
+    send_burst: int
+    history_page_max: int
+
+
+class HelloOkFrame(_Out):
+    """The socket is authenticated; live traffic for the user's conversations follows."""
+
+    type: Literal["hello_ok"] = "hello_ok"
+    id: RequestId | None = None
+    protocol: int = PROTOCOL_VERSION
+    user_id: int
+    device_id: str
+    limits: LimitsPublic
+    server_time: datetime
+
+
+class AckFrame(AckPublic):
+    """A send is durable. The sending socket gets this instead of a `message` frame."""
+
+    type: Literal["ack"] = "ack"
+    id: RequestId | None = None
+
+
+class MessageFrame(MessagePublic):
+    """A message in one of the user's conversations (live, or during a sync)."""
+
+    type: Literal["message"] = "message"
+
+
+class HistoryPageFrame(MessagePagePublic):
+    """The answer to a `history` frame."""
+
+    type: Literal["history_page"] = "history_page"
+    id: RequestId | None = None
+
+
+class ReceiptFrame(ReceiptPublic):
+    """A member read up to read_seq (also the answer, with id, to the reader's `read`)."""
+
+    type: Literal["receipt"] = "receipt"
+    id: RequestId | None = None
+
+
+class TypingEventFrame(_Out):
+    """Another member is (or stopped) typing."""
+
+    type: Literal["typing"] = "typing"
+    conversation_id: int
+    user_id: int
+    active: bool
+
+
+class PresenceFrame(_Out):
+    """A user came online or went offline (pushed for direct peers; or answering a query)."""
+
+    type: Literal["presence"] = "presence"
+    id: RequestId | None = None
+    user_id: int
+    online: bool
+
+
+class ConversationEventFrame(_Out):
+    """The user's membership changed: added to / removed from a conversation, or it changed.
+
+    After ``added`` the socket receives that conversation's live messages; after ``removed``
+    it receives none.
+    """
+
+    type: Literal["conversation"] = "conversation"
+    event: Literal["added", "removed", "updated"]
+    conversation_id: int
+    conversation: ConversationPublic | None = None
+
+
+class SyncDoneFrame(_Out):
+    """The catch-up is complete: every later `message` frame is live traffic.
+
+    ``cursors`` holds the last seq the client now has for each of its conversations.
+    ``truncated`` lists conversations sent without a cursor whose older messages were left
+    out (only the newest page was sent): page them with `history` if needed.
+    """
+
+    type: Literal["sync_done"] = "sync_done"
+    id: RequestId | None = None
+    cursors: dict[int, int]
+    truncated: list[int] = Field(default_factory=list)
+
+
+class ErrorFrame(_Out):
+    """A request failed; the socket stays open. ``id`` is the failed request's id, if any."""
+
+    type: Literal["error"] = "error"
+    id: RequestId | None = None
+    code: ErrorCode
+    message: str
+    details: dict[str, Any] | None = None
+
+    @classmethod
+    def from_error(cls, exc: WarblerError, request_id: RequestId | None = None) -> ErrorFrame:
+        """The frame for a WarblerError."""
+        return cls(id=request_id, code=exc.code, message=exc.message, details=exc.details or None)
+
+
+class PongFrame(_Out):
+    """The answer to `ping`."""
+
+    type: Literal["pong"] = "pong"
+    id: RequestId | None = None
+    server_time: datetime
+
+
+class ReconnectFrame(_Out):
+    """This replica is draining: reconnect (resume with cursors) within retry_after_ms."""
+
+    type: Literal["reconnect"] = "reconnect"
+    reason: str = "draining"
+    retry_after_ms: int = 0
+
+
+ServerFrame = Annotated[
+    HelloOkFrame
+    | AckFrame
+    | MessageFrame
+    | HistoryPageFrame
+    | ReceiptFrame
+    | TypingEventFrame
+    | PresenceFrame
+    | ConversationEventFrame
+    | SyncDoneFrame
+    | ErrorFrame
+    | PongFrame
+    | ReconnectFrame,
+    Field(discriminator="type"),
+]
+
+_CLIENT_FRAME: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
+_SERVER_FRAME: TypeAdapter[ServerFrame] = TypeAdapter(ServerFrame)
+
+
+def _request_id(raw: object) -> RequestId | None:
+    # Best effort: echo the id of a frame that failed validation, so the client can match it.
+    if isinstance(raw, dict):
+        rid = raw.get("id")
+        if isinstance(rid, str | int) and not isinstance(rid, bool):
+            return rid
+    return None
+
+
+def parse_client_frame(data: str | bytes) -> ClientFrame:
+    """Decode one client frame; a bad frame raises WarblerError (VALIDATION or BAD_REQUEST).
+
+    The error's ``details`` carry ``request_id`` (when the frame had a usable id) and the
+    validation ``errors``.
+    """
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise WarblerError(ErrorCode.BAD_REQUEST, f"frame is not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise WarblerError(ErrorCode.BAD_REQUEST, "frame must be a JSON object")
+    try:
+        return _CLIENT_FRAME.validate_python(raw)
+    except ValidationError as exc:
+        rid = _request_id(raw)
+        details: dict[str, Any] = {"errors": validation_errors(exc)}
+        if rid is not None:
+            details["request_id"] = rid
+        raise WarblerError(ErrorCode.VALIDATION, _summary(exc), details=details) from None
+
+
+def parse_server_frame(data: str | bytes) -> ServerFrame:
+    """Decode one server frame (for clients)."""
+    return _SERVER_FRAME.validate_json(data)
+
+
+def dump_frame(frame: BaseModel) -> str:
+    """Encode a frame as compact JSON text."""
+    return frame.model_dump_json()
+
+
+def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """JSON-safe validation errors (location, message, type) for problem JSON and error frames."""
+    return [
+        {"loc": [str(p) for p in err["loc"]], "msg": err["msg"], "type": err["type"]}
+        for err in exc.errors(include_url=False, include_context=False, include_input=False)
+    ]
+
+
+def _summary(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "frame"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{loc}: {first['msg']}{more}"
