@@ -88,6 +88,8 @@ def _check_body(kind: str, body: JsonValue) -> None:
         raise ValueError("a text message needs a string body")
     if kind == "text" and not body:
         raise ValueError("a text message needs a non-empty body")
+    if kind == "json" and not isinstance(body, dict):
+        raise ValueError("a json message needs a JSON object body")
 
 
 # ---------------------------------------------------------------------------------------------
