@@ -37,9 +37,9 @@ Fetch = Callable[[int, int, int], Awaitable[list[M]]]
 class Sequencer:
     """Per-conversation cursors that turn a replaying, possibly gappy stream into an exact one.
 
-    A conversation with no cursor yet starts at the first message seen (the application said it
-    wants traffic "from now", or the conversation is new to it); pass ``cursors`` to resume from a
-    saved position instead.
+    A conversation with no cursor yet counts as cursor ``start`` (0: the application has seen
+    nothing of it, so it gets the conversation from its first message). Seed a cursor at the
+    conversation's last seq to start "from now" instead.
 
     Example::
 
@@ -47,12 +47,17 @@ class Sequencer:
         out = await seq.admit(msg, fetch)       # [] for a duplicate, [missing..., msg] after a gap
     """
 
-    def __init__(self, cursors: Mapping[int, int] | None = None) -> None:
+    def __init__(self, cursors: Mapping[int, int] | None = None, *, start: int = 0) -> None:
         self._cursors: dict[int, int] = dict(cursors or {})
+        self._start = start
 
-    def cursor(self, conversation_id: int) -> int | None:
-        """The highest seq delivered for a conversation, or None if it has none yet."""
-        return self._cursors.get(conversation_id)
+    def cursor(self, conversation_id: int) -> int:
+        """The highest seq delivered for a conversation (``start`` when it has none yet)."""
+        return self._cursors.get(conversation_id, self._start)
+
+    def known(self, conversation_id: int) -> bool:
+        """True when the conversation has a cursor of its own."""
+        return conversation_id in self._cursors
 
     def snapshot(self) -> dict[int, int]:
         """A copy of every cursor (persist it to resume a later session)."""
@@ -66,8 +71,7 @@ class Sequencer:
 
     def is_duplicate(self, conversation_id: int, seq: int) -> bool:
         """True when ``seq`` was already delivered for this conversation."""
-        current = self._cursors.get(conversation_id)
-        return current is not None and seq <= current
+        return seq <= self.cursor(conversation_id)
 
     async def admit(self, message: M, fetch: Fetch[M]) -> list[M]:
         """Return the messages to hand to the application, in order, for one arriving message.
@@ -76,10 +80,7 @@ class Sequencer:
         the cursor did not move, so nothing is skipped).
         """
         conv, seq = message.conversation_id, message.seq
-        current = self._cursors.get(conv)
-        if current is None:
-            self._cursors[conv] = seq
-            return [message]
+        current = self.cursor(conv)
         if seq <= current:
             return []
         if seq == current + 1:
@@ -99,13 +100,7 @@ class Sequencer:
 
     def admit_backlog(self, conversation_id: int, messages: Iterable[M]) -> list[M]:
         """Admit history fetched after the cursor (catch-up): the contiguous run past the cursor."""
-        current = self._cursors.get(conversation_id)
-        ordered = sorted(messages, key=lambda m: m.seq)
-        if current is None:
-            if not ordered:
-                return []
-            current = ordered[0].seq - 1
-        out = _contiguous(current, ordered)
+        out = _contiguous(self.cursor(conversation_id), messages)
         if out:
             self._cursors[conversation_id] = out[-1].seq
         return out

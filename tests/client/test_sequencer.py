@@ -60,12 +60,14 @@ async def test_unfillable_gap_raises_and_keeps_the_cursor() -> None:
     assert seq.cursor(1) == 2
 
 
-async def test_unknown_conversation_starts_at_first_message_seen() -> None:
+async def test_unknown_conversation_is_delivered_from_its_first_message() -> None:
     seq = Sequencer()
     history = History(9, conv=5)
-    assert [m.seq for m in await seq.admit(Msg(5, 8), history.fetch)] == [8]
-    assert [m.seq for m in await seq.admit(Msg(5, 9), history.fetch)] == [9]
-    assert history.fetches == []
+    assert not seq.known(5)
+    assert [m.seq for m in await seq.admit(Msg(5, 3), history.fetch)] == [1, 2, 3]
+    assert history.fetches == [(5, 0, 2)]
+    assert [m.seq for m in await seq.admit(Msg(5, 4), history.fetch)] == [4]
+    assert seq.known(5)
 
 
 async def test_conversations_are_independent() -> None:
