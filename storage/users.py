@@ -1,0 +1,152 @@
+"""Accounts and refresh tokens."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from datetime import timedelta
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from storage.db import Database
+from storage.models import DISPLAY_NAME_MAX, USERNAME_MAX, RefreshToken, User
+from storage.types import utcnow
+from warbler.errors import ErrorCode, WarblerError
+
+_SEARCH_LIMIT_MAX = 100
+
+
+def _check_username(username: str) -> None:
+    if not username or len(username) > USERNAME_MAX:
+        raise WarblerError(ErrorCode.VALIDATION, f"username must be 1-{USERNAME_MAX} characters")
+
+
+def _check_display_name(name: str) -> None:
+    if len(name) > DISPLAY_NAME_MAX:
+        raise WarblerError(
+            ErrorCode.VALIDATION, f"display name must be at most {DISPLAY_NAME_MAX} characters"
+        )
+
+
+def escape_like(text: str) -> str:
+    """``text`` with LIKE wildcards escaped (use with ``escape="\\\\"``)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class UserStore:
+    """Users and their refresh tokens."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create_user(self, username: str, password_hash: str, display_name: str) -> User:
+        """Create an account; ``WarblerError(USERNAME_TAKEN)`` if the name exists."""
+        _check_username(username)
+        _check_display_name(display_name)
+        if not password_hash:
+            raise WarblerError(ErrorCode.VALIDATION, "password hash is empty")
+        user = User(username=username, password_hash=password_hash, display_name=display_name)
+        async with self._db.session() as session:
+            session.add(user)
+            try:
+                await session.commit()
+            except IntegrityError as exc:
+                raise WarblerError(
+                    ErrorCode.USERNAME_TAKEN, f"username {username!r} is taken"
+                ) from exc
+        return user
+
+    async def get_user(self, user_id: int) -> User | None:
+        """The user with this id, or None."""
+        async with self._db.session() as session:
+            return await session.get(User, user_id)
+
+    async def get_user_by_username(self, username: str) -> User | None:
+        """The user with exactly this username, or None."""
+        async with self._db.session() as session:
+            result = await session.exec(select(User).where(User.username == username))
+            return result.first()
+
+    async def list_users(self, ids: Iterable[int]) -> list[User]:
+        """The users among ``ids`` that exist, ordered by id."""
+        wanted = sorted(set(ids))
+        if not wanted:
+            return []
+        async with self._db.session() as session:
+            result = await session.exec(
+                select(User).where(col(User.id).in_(wanted)).order_by(col(User.id))
+            )
+            return list(result.all())
+
+    async def search_users(self, prefix: str, limit: int = 20) -> list[User]:
+        """Users whose username starts with ``prefix`` (exact case), by username."""
+        limit = max(1, min(limit, _SEARCH_LIMIT_MAX))
+        async with self._db.session() as session:
+            result = await session.exec(
+                select(User)
+                .where(col(User.username).like(escape_like(prefix) + "%", escape="\\"))
+                .order_by(col(User.username))
+                .limit(limit)
+            )
+            return list(result.all())
+
+    async def set_display_name(self, user_id: int, name: str) -> User:
+        """Change a user's display name; ``WarblerError(NOT_FOUND)`` for an unknown user."""
+        _check_display_name(name)
+        async with self._db.session() as session:
+            user = await session.get(User, user_id)
+            if user is None:
+                raise WarblerError(ErrorCode.NOT_FOUND, f"no user {user_id}")
+            user.display_name = name
+            session.add(user)
+            await session.commit()
+            return user
+
+    async def create_refresh_token(self, user_id: int, ttl_s: int) -> RefreshToken:
+        """A new random refresh token for ``user_id`` valid for ``ttl_s`` seconds."""
+        if ttl_s <= 0:
+            raise WarblerError(ErrorCode.VALIDATION, "refresh token ttl must be positive")
+        now = utcnow()
+        token = RefreshToken(
+            id=secrets.token_urlsafe(32),
+            user_id=user_id,
+            expires_at=now + timedelta(seconds=ttl_s),
+            created_at=now,
+        )
+        async with self._db.session() as session:
+            session.add(token)
+            try:
+                await session.commit()
+            except IntegrityError as exc:
+                raise WarblerError(ErrorCode.NOT_FOUND, f"no user {user_id}") from exc
+        return token
+
+    async def get_refresh_token(self, token_id: str) -> RefreshToken | None:
+        """The token row (expired and revoked ones included), or None."""
+        async with self._db.session() as session:
+            return await session.get(RefreshToken, token_id)
+
+    async def revoke_refresh_token(self, token_id: str) -> bool:
+        """Revoke one token. True if this call revoked it (False: unknown or already revoked),
+        so a caller rotating tokens can detect a token used twice."""
+        async with self._db.session() as session:
+            result = await session.execute(
+                update(RefreshToken)
+                .where(col(RefreshToken.id) == token_id, col(RefreshToken.revoked_at).is_(None))
+                .values(revoked_at=utcnow())
+            )
+            await session.commit()
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def revoke_all_refresh_tokens(self, user_id: int) -> int:
+        """Revoke every live token of ``user_id``; returns how many were revoked."""
+        async with self._db.session() as session:
+            result = await session.execute(
+                update(RefreshToken)
+                .where(col(RefreshToken.user_id) == user_id, col(RefreshToken.revoked_at).is_(None))
+                .values(revoked_at=utcnow())
+            )
+            await session.commit()
+            return int(result.rowcount)  # type: ignore[attr-defined]
