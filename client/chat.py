@@ -1,0 +1,293 @@
+"""The terminal chat behind `warbler chat`: a line-oriented REPL with /commands on the SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shlex
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from client.client import WarblerClient
+from client.events import ConnectionEvent, Event
+from warbler.errors import WarblerError
+from warbler.protocol import (
+    ConversationEventFrame,
+    ConversationPublic,
+    MessageFrame,
+    MessagePublic,
+    ReceiptFrame,
+    TypingEventFrame,
+)
+
+logger = logging.getLogger(__name__)
+
+HELP = """\
+[bold]commands[/bold]
+  /list                     conversations with unread counts
+  /open <#id|username>      open a conversation (by id, or the direct chat with a user)
+  /dm <username>            same as /open <username>
+  /group <title> [user ...] create a group (title in quotes if it has spaces)
+  /add <user> [user ...]    add members to the open group
+  /members                  members of the open conversation
+  /history [n]              the n messages before the oldest shown (default 20)
+  /help                     this text
+  /quit                     leave (Ctrl-D works too)
+anything else is sent to the open conversation"""
+
+
+class ChatApp:
+    """The REPL: reads lines, runs /commands, sends text, prints live events as they come.
+
+    Example::
+
+        app = ChatApp(client, Console())
+        await app.run(stdin_lines())
+    """
+
+    def __init__(self, client: WarblerClient, console: Console) -> None:
+        self.client = client
+        self.console = console
+        self.current: int | None = None
+        self._oldest_shown: int | None = None
+        self._names: dict[int, str] = {}
+        self._titles: dict[int, str] = {}
+        self._commands: dict[str, Callable[[list[str]], Awaitable[None]]] = {
+            "list": self._cmd_list,
+            "open": self._cmd_open,
+            "dm": self._cmd_open,
+            "group": self._cmd_group,
+            "add": self._cmd_add,
+            "members": self._cmd_members,
+            "history": self._cmd_history,
+            "help": self._cmd_help,
+        }
+
+    async def run(self, lines: AsyncIterator[str]) -> None:
+        """Print the conversation list, then serve input lines until EOF or /quit."""
+        me = self.client.user
+        self._names[me.id] = me.username
+        self.say(f"[green]logged in as[/green] [bold]{escape(me.username)}[/bold] (id {me.id})")
+        events = asyncio.create_task(self._print_events(), name="chat-events")
+        try:
+            await self._cmd_list([])
+            self.say("[dim]type /help for commands[/dim]")
+            async for line in lines:
+                line = line.strip()
+                if not line:
+                    continue
+                if line in ("/quit", "/exit"):
+                    break
+                try:
+                    await self.handle(line)
+                except WarblerError as exc:
+                    self.say(f"[red]error ({exc.code.value}):[/red] {escape(exc.message)}")
+        finally:
+            events.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await events
+
+    def say(self, markup: str) -> None:
+        """Print one line of rich markup (user text must be escaped by the caller)."""
+        self.console.print(markup, highlight=False, soft_wrap=True)
+
+    async def handle(self, line: str) -> None:
+        """Run one input line: a /command, or text for the open conversation."""
+        if line.startswith("/"):
+            try:
+                name, *args = shlex.split(line[1:])
+            except ValueError as exc:
+                self.say(f"[red]cannot parse:[/red] {escape(str(exc))}")
+                return
+            command = self._commands.get(name)
+            if command is None:
+                self.say(f"[red]unknown command[/red] /{escape(name)}; try /help")
+                return
+            await command(args)
+            return
+        if self.current is None:
+            self.say("[yellow]open a conversation first:[/yellow] /list, /open <#id|username>")
+            return
+        # The message is printed when it comes back through the stream, in seq order.
+        await self.client.send(line, conversation_id=self.current)
+
+    # ---- names ------------------------------------------------------------------------------
+
+    async def _name(self, user_id: int) -> str:
+        if user_id not in self._names:
+            for user in await self.client.users([user_id]):
+                self._names[user.id] = user.username
+        return self._names.get(user_id, f"user{user_id}")
+
+    async def _title(self, conversation_id: int) -> str:
+        if conversation_id not in self._titles:
+            await self._remember(await self.client.get_conversation(conversation_id))
+        return self._titles.get(conversation_id, f"#{conversation_id}")
+
+    async def _remember(self, conv: ConversationPublic) -> None:
+        if conv.kind == "group":
+            self._titles[conv.id] = conv.title or f"group {conv.id}"
+            return
+        peers = [m.user_id for m in conv.members if m.user_id != self.client.user_id]
+        self._titles[conv.id] = "@" + await self._name(peers[0]) if peers else "(direct)"
+
+    # ---- printing ---------------------------------------------------------------------------
+
+    async def _format(self, m: MessagePublic) -> str:
+        when = m.created_at.astimezone().strftime("%H:%M")
+        if m.kind == "system":
+            return f"[dim]{when} · {escape(_describe_system(m.body))}[/dim]"
+        who = await self._name(m.sender_id)
+        style = "cyan" if m.sender_id == self.client.user_id else "magenta"
+        text = m.body if isinstance(m.body, str) else str(m.body)
+        return f"[dim]{when}[/dim] [{style}]{escape(who)}[/{style}]: {escape(text)}"
+
+    async def _print_events(self) -> None:
+        try:
+            async for event in self.client.events():
+                await self._print_event(event)
+        except WarblerError as exc:
+            self.say(f"[red]disconnected for good:[/red] {escape(exc.message)}")
+
+    async def _print_event(self, event: Event) -> None:
+        if isinstance(event, MessageFrame):
+            if event.conversation_id == self.current:
+                self.say(await self._format(event))
+                if event.sender_id != self.client.user_id:
+                    await self.client.mark_read(event.conversation_id, event.seq)
+            elif event.sender_id != self.client.user_id:
+                title = await self._title(event.conversation_id)
+                line = await self._format(event)
+                self.say(f"[yellow]#{event.conversation_id} {escape(title)}[/yellow] {line}")
+        elif isinstance(event, ReceiptFrame):
+            if event.conversation_id == self.current and event.user_id != self.client.user_id:
+                who = await self._name(event.user_id)
+                self.say(f"[dim]✓ {escape(who)} read up to {event.read_seq}[/dim]")
+        elif isinstance(event, TypingEventFrame):
+            if event.conversation_id == self.current and event.active:
+                self.say(f"[dim]{escape(await self._name(event.user_id))} is typing…[/dim]")
+        elif isinstance(event, ConversationEventFrame):
+            if event.conversation is not None:
+                await self._remember(event.conversation)
+            title = await self._title(event.conversation_id) if event.event != "removed" else ""
+            self.say(
+                f"[yellow]conversation #{event.conversation_id} {escape(title)}: "
+                f"{event.event}[/yellow]"
+            )
+        elif isinstance(event, ConnectionEvent):
+            if event.state == "disconnected":
+                self.say(f"[red]connection lost[/red] [dim]({escape(event.reason)})[/dim]")
+            elif event.state == "connected" and event.resumed:
+                self.say("[green]reconnected[/green]")
+
+    # ---- commands ---------------------------------------------------------------------------
+
+    async def _cmd_help(self, args: list[str]) -> None:
+        self.say(HELP)
+
+    async def _cmd_list(self, args: list[str]) -> None:
+        convs = await self.client.list_conversations()
+        if not convs:
+            self.say("[dim]no conversations yet: /dm <username> or /group <title> <user ...>[/dim]")
+            return
+        peer_ids = [c.peer_id for c in convs if c.peer_id is not None]
+        for user in await self.client.users([i for i in peer_ids if i not in self._names]):
+            self._names[user.id] = user.username
+        table = Table(title="conversations", show_edge=False, pad_edge=False)
+        table.add_column("id", justify="right")
+        table.add_column("name")
+        table.add_column("unread", justify="right")
+        table.add_column("last message")
+        for c in convs:
+            if c.kind == "group":
+                self._titles[c.id] = c.title or f"group {c.id}"
+            elif c.peer_id is not None:
+                self._titles[c.id] = "@" + self._names.get(c.peer_id, str(c.peer_id))
+            last = ""
+            if c.last_message is not None:
+                body = c.last_message.body
+                last = body if isinstance(body, str) else _describe_system(body)
+            table.add_row(
+                f"#{c.id}",
+                escape(self._titles.get(c.id, "")),
+                f"[bold red]{c.unread}[/bold red]" if c.unread else "",
+                escape(last[:60]),
+            )
+        self.console.print(table)
+
+    async def _cmd_open(self, args: list[str]) -> None:
+        if len(args) != 1:
+            self.say("usage: /open <#id|username>")
+            return
+        target = args[0]
+        if target.lstrip("#").isdigit():
+            conv = await self.client.get_conversation(int(target.lstrip("#")))
+        else:
+            conv = await self.client.open_direct(target)
+        await self._remember(conv)
+        self.current = conv.id
+        self._oldest_shown = None
+        self.say(f"[bold]── {escape(self._titles[conv.id])} (#{conv.id}) ──[/bold]")
+        await self._show_history(20)
+        if conv.last_seq:
+            await self.client.mark_read(conv.id, conv.last_seq)
+
+    async def _cmd_history(self, args: list[str]) -> None:
+        if self.current is None:
+            self.say("[yellow]open a conversation first[/yellow]")
+            return
+        n = int(args[0]) if args and args[0].isdigit() else 20
+        await self._show_history(n)
+
+    async def _show_history(self, n: int) -> None:
+        assert self.current is not None
+        page = await self.client.history(self.current, before_seq=self._oldest_shown, limit=n)
+        if not page.messages:
+            self.say("[dim](no earlier messages)[/dim]")
+            return
+        if page.has_more:
+            self.say("[dim]… /history for older messages[/dim]")
+        for m in page.messages:
+            self.say(await self._format(m))
+        self._oldest_shown = page.messages[0].seq
+
+    async def _cmd_group(self, args: list[str]) -> None:
+        if not args:
+            self.say("usage: /group <title> [user ...]")
+            return
+        conv = await self.client.create_group(args[0], args[1:])
+        await self._remember(conv)
+        self.current = conv.id
+        self._oldest_shown = None
+        self.say(f"[green]created group[/green] [bold]{escape(args[0])}[/bold] (#{conv.id})")
+
+    async def _cmd_add(self, args: list[str]) -> None:
+        if self.current is None or not args:
+            self.say("usage: open a group, then /add <user> [user ...]")
+            return
+        conv = await self.client.add_members(self.current, args)
+        self.say(f"[green]members:[/green] {len(conv.members)}")
+
+    async def _cmd_members(self, args: list[str]) -> None:
+        if self.current is None:
+            self.say("[yellow]open a conversation first[/yellow]")
+            return
+        conv = await self.client.get_conversation(self.current)
+        online = set((await self.client.presence([m.user_id for m in conv.members])).online)
+        for m in conv.members:
+            dot = "[green]●[/green]" if m.user_id in online else "[dim]○[/dim]"
+            name = escape(await self._name(m.user_id))
+            self.say(f"{dot} {name} [dim]{m.role}, read up to {m.read_seq}[/dim]")
+
+
+def _describe_system(body: object) -> str:
+    """A one-line description of a system message body (membership changes)."""
+    if not isinstance(body, dict):
+        return str(body)
+    event = body.get("event", "event")
+    details = ", ".join(f"{k}={v}" for k, v in body.items() if k != "event")
+    return f"{str(event).replace('_', ' ')} ({details})" if details else str(event)

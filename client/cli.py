@@ -1,0 +1,70 @@
+"""`warbler chat`: the terminal client, registered into the `warbler` command."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import AsyncIterator
+
+import typer
+from rich.console import Console
+
+from client.chat import ChatApp
+from client.client import WarblerClient
+from warbler.errors import ErrorCode, WarblerError
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+async def _stdin_lines() -> AsyncIterator[str]:
+    # A daemon thread reads stdin so the event printer keeps running (ttys and pipes alike) and
+    # a blocked read never holds up exit, as the default executor's threads would.
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str] = asyncio.Queue()
+
+    def pump() -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(queue.put_nowait, line)
+        loop.call_soon_threadsafe(queue.put_nowait, "")
+
+    threading.Thread(target=pump, name="stdin", daemon=True).start()
+    while line := await queue.get():
+        yield line
+
+
+async def _chat(
+    url: str, username: str, password: str, register: bool, display_name: str | None
+) -> None:
+    console = Console(highlight=False)
+    async with WarblerClient(url) as client:
+        if register:
+            await client.register(username, password, display_name)
+        else:
+            await client.login(username, password)
+        await client.connect()
+        await ChatApp(client, console).run(_stdin_lines())
+
+
+def chat(
+    url: str = typer.Option(DEFAULT_URL, envvar="WARBLER_URL", help="The gateway's base URL."),
+    username: str = typer.Option(..., "--user", "-u", prompt=True, envvar="WARBLER_USER"),
+    password: str = typer.Option(
+        ..., prompt=True, hide_input=True, envvar="WARBLER_PASSWORD", help="Prompted if absent."
+    ),
+    register: bool = typer.Option(False, "--register", help="Create the account first."),
+    display_name: str | None = typer.Option(None, help="Display name when registering."),
+) -> None:
+    """Chat in the terminal: list conversations, open one, send; /help inside for commands."""
+    try:
+        asyncio.run(_chat(url, username, password, register, display_name))
+    except WarblerError as exc:
+        Console(stderr=True).print(f"[red]{exc.code.value}:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(2 if exc.code is ErrorCode.UNAUTHENTICATED else 1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def register(app: typer.Typer) -> None:
+    """Add the client's commands to the `warbler` CLI."""
+    app.command("chat")(chat)
