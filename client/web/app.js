@@ -1,0 +1,975 @@
+// Warbler web chat. Speaks the public protocol (REST /v1 + WebSocket /v1/ws, docs/protocol.md)
+// like the Python SDK: refreshes tokens, reconnects with backoff and jitter, resumes from
+// per-conversation cursors, drops duplicates by seq and fills gaps from history.
+// All user content goes through textContent: never innerHTML.
+"use strict";
+
+(() => {
+  const API = "/v1";
+  const WS_PATH = "/v1/ws";
+  const PAGE = 50;
+  const TYPING_TTL_MS = 10000;
+  const TYPING_SEND_EVERY_MS = 3000;
+  const PING_EVERY_MS = 25000;
+  const REFRESH_MARGIN_MS = 30000;
+  const SESSION_KEY = "warbler.session";
+  const DEVICE_KEY = "warbler.device";
+
+  // ---------------------------------------------------------------------------------------
+  // State
+  // ---------------------------------------------------------------------------------------
+
+  const state = {
+    session: null, // {access, refresh, expiresAt, user}
+    ws: null,
+    wsOpen: false,
+    attempts: 0,
+    reconnectTimer: null,
+    pingTimer: null,
+    stopped: true,
+    cursors: new Map(), // conversation id -> last seq this page has applied
+    convs: new Map(), // conversation id -> summary (+ members when known)
+    messages: new Map(), // conversation id -> {list: [message], loaded: bool, hasMore: bool}
+    users: new Map(), // user id -> UserPublic
+    online: new Set(),
+    receipts: new Map(), // conversation id -> Map(user id -> read_seq)
+    typing: new Map(), // conversation id -> Map(user id -> expiry ms)
+    pending: new Map(), // client_msg_id -> {frame, conversationId}
+    failed: [], // sends the server refused, shown with the reason
+    current: null,
+    lastTypingSent: 0,
+    frames: Promise.resolve(), // frames are handled one at a time, in arrival order
+  };
+
+  const $ = (id) => document.getElementById(id);
+
+  // Build an element; strings become text nodes, so user content is never parsed as HTML.
+  function h(tag, props, ...children) {
+    const el = document.createElement(tag);
+    for (const [key, value] of Object.entries(props || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "class") el.className = value;
+      else if (key === "dataset") Object.assign(el.dataset, value);
+      else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+      else el.setAttribute(key, value === true ? "" : String(value));
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return el;
+  }
+
+  function randomId() {
+    // crypto.randomUUID needs a secure context; getRandomValues works everywhere.
+    const bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  function deviceId() {
+    let id = localStorage.getItem(DEVICE_KEY);
+    if (!id) {
+      id = "web-" + randomId().slice(0, 12);
+      localStorage.setItem(DEVICE_KEY, id);
+    }
+    return id;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // REST
+  // ---------------------------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, code, message) {
+      super(message);
+      this.status = status;
+      this.code = code;
+    }
+  }
+
+  function saveSession() {
+    if (state.session) localStorage.setItem(SESSION_KEY, JSON.stringify(state.session));
+    else localStorage.removeItem(SESSION_KEY);
+  }
+
+  function takeTokens(token) {
+    state.session = {
+      access: token.access_token,
+      refresh: token.refresh_token,
+      expiresAt: Date.now() + token.expires_in * 1000,
+      user: token.user,
+    };
+    state.users.set(token.user.id, token.user);
+    saveSession();
+  }
+
+  let refreshing = null;
+  function refreshTokens() {
+    // One refresh at a time: refresh tokens rotate, so a second concurrent one would fail.
+    if (!refreshing) {
+      const refresh = state.session && state.session.refresh;
+      refreshing = request("POST", "/auth/refresh", { refresh_token: refresh }, false)
+        .then(takeTokens)
+        .finally(() => { refreshing = null; });
+    }
+    return refreshing;
+  }
+
+  async function accessToken() {
+    if (!state.session) throw new ApiError(401, "unauthenticated", "sign in first");
+    if (Date.now() > state.session.expiresAt - REFRESH_MARGIN_MS) await refreshTokens();
+    return state.session.access;
+  }
+
+  async function request(method, path, body, auth = true, retried = false) {
+    const headers = { Accept: "application/json" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (auth) headers.Authorization = "Bearer " + (await accessToken());
+    let response;
+    try {
+      response = await fetch(API + path, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch (err) {
+      throw new ApiError(0, "unavailable", "cannot reach the server");
+    }
+    if (response.status === 401 && auth && !retried) {
+      await refreshTokens();
+      return request(method, path, body, auth, true);
+    }
+    if (response.status === 204) return null;
+    let data = null;
+    try { data = await response.json(); } catch (err) { data = null; }
+    if (!response.ok) {
+      const code = (data && data.code) || "http_" + response.status;
+      const detail = (data && data.detail) || response.statusText || "request failed";
+      throw new ApiError(response.status, code, detail);
+    }
+    return data;
+  }
+
+  const api = {
+    register: (username, password, display_name) =>
+      request("POST", "/auth/register", { username, password, display_name: display_name || null }, false),
+    login: (username, password) => request("POST", "/auth/login", { username, password }, false),
+    logout: () => request("POST", "/auth/logout", { refresh_token: state.session.refresh }),
+    conversations: () => request("GET", "/conversations"),
+    conversation: (id) => request("GET", `/conversations/${id}`),
+    users: (ids) => request("GET", "/users?ids=" + ids.join(",")),
+    searchUsers: (prefix) => request("GET", "/users?limit=50&prefix=" + encodeURIComponent(prefix)),
+    direct: (userId) => request("POST", "/conversations/direct", { user_id: userId }),
+    group: (title, memberIds) => request("POST", "/conversations", { title, member_ids: memberIds }),
+    addMembers: (id, userIds) => request("POST", `/conversations/${id}/members`, { user_ids: userIds }),
+    page: (id, params) => {
+      const q = new URLSearchParams({ limit: String(params.limit || PAGE) });
+      if (params.after_seq !== undefined) q.set("after_seq", String(params.after_seq));
+      if (params.before_seq !== undefined) q.set("before_seq", String(params.before_seq));
+      return request("GET", `/conversations/${id}/messages?${q}`);
+    },
+    presence: (ids) => request("GET", "/presence?user_ids=" + ids.join(",")),
+  };
+
+  async function userByName(username) {
+    const found = (await api.searchUsers(username)).find((u) => u.username === username);
+    if (!found) throw new ApiError(404, "not_found", `no user named ${username}`);
+    state.users.set(found.id, found);
+    return found;
+  }
+
+  async function ensureUsers(ids) {
+    const missing = [...new Set(ids)].filter((id) => id && !state.users.has(id));
+    if (!missing.length) return;
+    for (const user of await api.users(missing)) state.users.set(user.id, user);
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // WebSocket: one socket at a time, reopened with backoff; resumes from the cursors
+  // ---------------------------------------------------------------------------------------
+
+  function backoffDelay() {
+    // Exponential backoff with full jitter, like client/backoff.py.
+    const cap = Math.min(10000, 200 * 2 ** Math.min(state.attempts, 16));
+    state.attempts += 1;
+    return Math.random() * cap;
+  }
+
+  function setConn(status, text) {
+    const el = $("conn-status");
+    el.dataset.state = status;
+    el.textContent = text;
+  }
+
+  function scheduleReconnect(delay) {
+    if (state.stopped || state.reconnectTimer) return;
+    setConn("connecting", "reconnecting…");
+    state.reconnectTimer = setTimeout(() => {
+      state.reconnectTimer = null;
+      connect();
+    }, delay);
+  }
+
+  async function connect() {
+    if (state.stopped) return;
+    let token;
+    try {
+      token = await accessToken();
+    } catch (err) {
+      if (err.code === "unauthenticated" || err.status === 401) return signOut("Session expired: sign in again.");
+      return scheduleReconnect(backoffDelay());
+    }
+    const url = new URL(WS_PATH, location.href);
+    url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+    const ws = new WebSocket(url);
+    state.ws = ws;
+    let drainDelay = null;
+    ws.onopen = () => {
+      const cursors = Object.fromEntries(state.cursors);
+      ws.send(JSON.stringify({ type: "hello", protocol: 1, token, device_id: deviceId(), cursors }));
+    };
+    ws.onmessage = (event) => {
+      let frame;
+      try { frame = JSON.parse(event.data); } catch (err) { return; }
+      if (frame.type === "reconnect") {
+        // Draining replica: leave now, come back within the window it grants (spread out).
+        drainDelay = Math.random() * (frame.retry_after_ms || 0);
+        ws.close(1000, "reconnecting");
+        return;
+      }
+      inOrder(() => onFrame(ws, frame))
+        .catch((err) => {
+          // A gap history could not fill: resync on a new socket from the unchanged cursors.
+          console.warn("frame handling failed; resyncing", err);
+          if (ws.readyState === WebSocket.OPEN) ws.close(1000, "resync");
+        });
+    };
+    ws.onclose = (event) => {
+      if (state.ws !== ws) return;
+      state.ws = null;
+      state.wsOpen = false;
+      clearInterval(state.pingTimer);
+      if (state.stopped) return;
+      setConn("offline", "offline");
+      if (event.code === 4403) return signOut("This session was signed out.");
+      if (event.code === 4400 || event.code === 4426) {
+        setConn("offline", "incompatible server");
+        return;
+      }
+      if (event.code === 4401) {
+        refreshTokens().then(() => scheduleReconnect(0), () => signOut("Session expired: sign in again."));
+        return;
+      }
+      if (drainDelay !== null) return scheduleReconnect(drainDelay);
+      if (event.code === 1012) return scheduleReconnect(Math.random() * 100);
+      scheduleReconnect(backoffDelay());
+    };
+  }
+
+  function sendFrame(frame) {
+    if (!state.ws || !state.wsOpen) return false;
+    state.ws.send(JSON.stringify(frame));
+    return true;
+  }
+
+  async function onFrame(ws, frame) {
+    if (ws !== state.ws) return; // a frame from a socket already replaced
+    switch (frame.type) {
+      case "hello_ok":
+        state.wsOpen = true;
+        state.attempts = 0;
+        setConn("online", "online");
+        clearInterval(state.pingTimer);
+        state.pingTimer = setInterval(() => sendFrame({ type: "ping" }), PING_EVERY_MS);
+        // Unacked sends go out again with the same client_msg_id: stored once either way.
+        for (const p of state.pending.values()) sendFrame(p.frame);
+        break;
+      case "message":
+        await applyMessage(frame);
+        break;
+      case "ack":
+        await onAck(frame);
+        break;
+      case "receipt":
+        onReceipt(frame);
+        break;
+      case "typing":
+        onTyping(frame);
+        break;
+      case "presence":
+        if (frame.online) state.online.add(frame.user_id);
+        else state.online.delete(frame.user_id);
+        renderConversations();
+        renderThreadHead();
+        break;
+      case "conversation":
+        await onConversationEvent(frame);
+        break;
+      case "sync_done":
+        setConn("online", "online");
+        break;
+      case "error":
+        onErrorFrame(frame);
+        break;
+      default:
+        break; // pong, history_page, and frames newer than this page
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Messages: exactly once, in seq order per conversation
+  // ---------------------------------------------------------------------------------------
+
+  async function fetchRange(conversationId, after, until) {
+    const out = [];
+    let cursor = after;
+    while (cursor < until) {
+      const page = await api.page(conversationId, { after_seq: cursor, limit: Math.min(500, until - cursor) });
+      out.push(...page.messages.filter((m) => m.seq <= until));
+      if (!page.messages.length || !page.has_more) break;
+      cursor = page.messages[page.messages.length - 1].seq;
+    }
+    return out;
+  }
+
+  async function applyMessage(m) {
+    const conv = m.conversation_id;
+    const cursor = state.cursors.has(conv) ? state.cursors.get(conv) : 0;
+    if (m.seq <= cursor) return; // a duplicate (replayed after a reconnect)
+    if (!state.convs.has(conv)) await loadConversation(conv);
+    const box = state.messages.get(conv);
+    let batch = [m];
+    // Only a message list on screen needs the gap filled; for the others the summary
+    // (last message, unread = last_seq - read_seq) is right without the missing messages.
+    if (box && box.loaded && m.seq > cursor + 1) {
+      const missing = await fetchRange(conv, cursor, m.seq - 1);
+      batch = [...missing, m];
+      batch.forEach((x, i) => {
+        if (x.seq !== cursor + 1 + i) throw new Error(`gap in conversation ${conv} not filled`);
+      });
+    }
+    state.cursors.set(conv, m.seq);
+    const summary = state.convs.get(conv);
+    const me = state.session.user.id;
+    for (const msg of batch) {
+      if (box && box.loaded && !box.list.some((x) => x.seq === msg.seq)) box.list.push(msg);
+      if (msg.sender_id === me) summary.read_seq = Math.max(summary.read_seq || 0, msg.seq);
+      else clearTyping(conv, msg.sender_id);
+    }
+    summary.last_message = m;
+    summary.last_seq = Math.max(summary.last_seq || 0, m.seq);
+    if (conv === state.current && document.visibilityState === "visible") {
+      renderMessages(true);
+      markRead(conv);
+    } else {
+      summary.unread = Math.max(0, summary.last_seq - (summary.read_seq || 0));
+      if (conv === state.current) renderMessages(false);
+    }
+    renderConversations();
+  }
+
+  // Run fn after every frame already received, so a history load and live frames never race.
+  function inOrder(fn) {
+    const result = state.frames.then(fn);
+    state.frames = result.catch(() => {});
+    return result;
+  }
+
+  async function onAck(ack) {
+    const pending = state.pending.get(ack.client_msg_id);
+    if (!pending) return;
+    state.pending.delete(ack.client_msg_id);
+    const f = pending.frame;
+    await applyMessage({
+      conversation_id: ack.conversation_id,
+      seq: ack.seq,
+      sender_id: state.session.user.id,
+      kind: f.kind,
+      body: f.body,
+      created_at: ack.created_at,
+      client_msg_id: ack.client_msg_id,
+    });
+    if (ack.conversation_id === state.current) renderMessages(true);
+  }
+
+  function onErrorFrame(frame) {
+    const pending = frame.id !== null && frame.id !== undefined ? state.pending.get(String(frame.id)) : null;
+    if (!pending) {
+      console.warn("server error", frame.code, frame.message);
+      return;
+    }
+    if (frame.code === "unavailable" || frame.code === "internal_error" || frame.code === "stale_epoch") {
+      setTimeout(() => { if (state.pending.has(pending.frame.client_msg_id)) sendFrame(pending.frame); }, 500 + Math.random() * 1000);
+      return;
+    }
+    pending.failed = frame.message;
+    state.pending.delete(pending.frame.client_msg_id);
+    state.failed.push(pending);
+    renderMessages(true);
+  }
+
+  function sendMessage(text) {
+    const conv = state.current;
+    if (!conv || !text.trim()) return;
+    const id = randomId();
+    const frame = { type: "send", id, conversation_id: conv, client_msg_id: id, kind: "text", body: text };
+    state.pending.set(id, { frame, conversationId: conv, at: new Date().toISOString() });
+    sendFrame(frame); // if offline, hello_ok sends it
+    sendTyping(false);
+    renderMessages(true);
+  }
+
+  let markTimer = null;
+  function markRead(conv) {
+    // Coalesce: one read frame for a burst of messages.
+    clearTimeout(markTimer);
+    markTimer = setTimeout(() => {
+      const summary = state.convs.get(conv);
+      if (!summary || !summary.last_seq || summary.read_seq >= summary.last_seq) return;
+      if (sendFrame({ type: "read", conversation_id: conv, seq: summary.last_seq })) {
+        summary.read_seq = summary.last_seq;
+        summary.unread = 0;
+        renderConversations();
+      }
+    }, 150);
+  }
+
+  function onReceipt(r) {
+    if (!state.receipts.has(r.conversation_id)) state.receipts.set(r.conversation_id, new Map());
+    const map = state.receipts.get(r.conversation_id);
+    map.set(r.user_id, Math.max(map.get(r.user_id) || 0, r.read_seq));
+    const summary = state.convs.get(r.conversation_id);
+    if (summary && r.user_id === state.session.user.id) {
+      summary.read_seq = Math.max(summary.read_seq || 0, r.read_seq);
+      summary.unread = Math.max(0, summary.last_seq - summary.read_seq);
+      renderConversations();
+    }
+    if (r.conversation_id === state.current) renderMessages(false);
+  }
+
+  function onTyping(t) {
+    if (t.user_id === state.session.user.id) return;
+    if (!state.typing.has(t.conversation_id)) state.typing.set(t.conversation_id, new Map());
+    const map = state.typing.get(t.conversation_id);
+    if (t.active) map.set(t.user_id, Date.now() + TYPING_TTL_MS);
+    else map.delete(t.user_id);
+    renderTyping();
+    if (t.active) setTimeout(renderTyping, TYPING_TTL_MS + 50);
+  }
+
+  function clearTyping(conv, userId) {
+    const map = state.typing.get(conv);
+    if (map && map.delete(userId) && conv === state.current) renderTyping();
+  }
+
+  function sendTyping(active) {
+    const now = Date.now();
+    if (active && now - state.lastTypingSent < TYPING_SEND_EVERY_MS) return;
+    if (!active && state.lastTypingSent === 0) return;
+    state.lastTypingSent = active ? now : 0;
+    if (state.current) sendFrame({ type: "typing", conversation_id: state.current, active });
+  }
+
+  async function onConversationEvent(e) {
+    if (e.event === "removed") {
+      state.convs.delete(e.conversation_id);
+      if (state.current === e.conversation_id) closeThread();
+      renderConversations();
+      return;
+    }
+    const conv = e.conversation || (await api.conversation(e.conversation_id));
+    const known = state.convs.get(conv.id);
+    mergeConversation(conv);
+    // New to this page: its messages come from cursor 0 (the list shows the count unread).
+    if (!known && !state.cursors.has(conv.id)) state.cursors.set(conv.id, 0);
+    await ensureUsers(conv.members.map((m) => m.user_id));
+    renderConversations();
+    if (conv.id === state.current) renderThreadHead();
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Conversations
+  // ---------------------------------------------------------------------------------------
+
+  function mergeConversation(conv) {
+    const old = state.convs.get(conv.id) || { unread: 0, read_seq: 0, last_message: null };
+    const merged = Object.assign({}, old, conv);
+    const me = state.session.user.id;
+    if (conv.members) {
+      const peer = conv.members.find((m) => m.user_id !== me);
+      if (conv.kind === "direct" && peer) merged.peer_id = peer.user_id;
+      const receipts = state.receipts.get(conv.id) || new Map();
+      for (const m of conv.members) receipts.set(m.user_id, Math.max(receipts.get(m.user_id) || 0, m.read_seq || 0));
+      state.receipts.set(conv.id, receipts);
+      const mine = conv.members.find((m) => m.user_id === me);
+      if (mine) merged.read_seq = Math.max(old.read_seq || 0, mine.read_seq || 0);
+    }
+    state.convs.set(conv.id, merged);
+    return merged;
+  }
+
+  async function loadConversation(id) {
+    const conv = await api.conversation(id);
+    mergeConversation(conv);
+    await ensureUsers(conv.members.map((m) => m.user_id));
+  }
+
+  function convName(c) {
+    if (!c) return "";
+    if (c.kind === "group") return c.title || `Group ${c.id}`;
+    const peer = state.users.get(c.peer_id);
+    return peer ? peer.display_name || peer.username : "Direct chat";
+  }
+
+  function preview(m) {
+    if (!m) return "";
+    if (m.kind === "system") return describeSystem(m.body);
+    const text = typeof m.body === "string" ? m.body : JSON.stringify(m.body);
+    const mine = state.session && m.sender_id === state.session.user.id;
+    return (mine ? "You: " : "") + text;
+  }
+
+  function describeSystem(body) {
+    if (!body || typeof body !== "object") return String(body);
+    const name = (id) => { const u = state.users.get(id); return u ? u.display_name || u.username : `user ${id}`; };
+    switch (body.event) {
+      case "created": return `${name(body.by)} created “${body.title || "the group"}”`;
+      case "members_added": return `${name(body.by)} added ${(body.user_ids || []).map(name).join(", ")}`;
+      case "member_removed": return `${name(body.by)} removed ${name(body.user_id)}`;
+      case "member_left": return `${name(body.user_id)} left`;
+      case "renamed": return `${name(body.by)} renamed the group to “${body.title}”`;
+      case "role_changed": return `${name(body.by)} made ${name(body.user_id)} ${body.role}`;
+      default: return String(body.event || "update");
+    }
+  }
+
+  function hue(n) { return (Number(n) * 47) % 360; }
+
+  function avatar(el, label, seed) {
+    el.textContent = (label || "?").trim().slice(0, 1).toUpperCase();
+    el.style.background = `hsl(${hue(seed)} 65% 52%)`;
+  }
+
+  function timeOf(iso) {
+    const d = new Date(iso);
+    return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
+
+  function renderConversations() {
+    const list = $("conv-list");
+    const convs = [...state.convs.values()].sort((a, b) => {
+      const ta = a.last_message ? Date.parse(a.last_message.created_at) : 0;
+      const tb = b.last_message ? Date.parse(b.last_message.created_at) : 0;
+      return tb - ta || b.id - a.id;
+    });
+    $("conv-empty").hidden = convs.length > 0;
+    list.replaceChildren(...convs.map((c) => {
+      const name = convName(c);
+      const av = h("span", { class: "avatar" });
+      avatar(av, name, c.kind === "direct" ? c.peer_id : c.id + 1000);
+      const online = c.kind === "direct" && state.online.has(c.peer_id);
+      const unread = c.id === state.current ? 0 : c.unread || 0;
+      return h("li", {
+        class: "conv" + (c.id === state.current ? " active" : "") + (unread ? " has-unread" : ""),
+        dataset: { id: String(c.id) },
+        tabindex: "0",
+        onclick: () => openConversation(c.id),
+        onkeydown: (e) => { if (e.key === "Enter") openConversation(c.id); },
+      },
+      h("span", { class: "avatar-wrap" }, av, online ? h("span", { class: "dot", title: "online" }) : null),
+      h("span", { class: "conv-text" },
+        h("span", { class: "conv-top" },
+          h("span", { class: "conv-name" }, name),
+          c.kind === "group" ? h("span", { class: "tag" }, "group") : null,
+          h("span", { class: "conv-time" }, c.last_message ? timeOf(c.last_message.created_at) : "")),
+        h("span", { class: "conv-bottom" },
+          h("span", { class: "conv-preview" }, preview(c.last_message)),
+          unread ? h("span", { class: "badge", "aria-label": `${unread} unread` }, String(unread)) : null)));
+    }));
+  }
+
+  function renderThreadHead() {
+    const c = state.convs.get(state.current);
+    if (!c) return;
+    const name = convName(c);
+    $("thread-name").textContent = name;
+    avatar($("thread-avatar"), name, c.kind === "direct" ? c.peer_id : c.id + 1000);
+    let sub;
+    if (c.kind === "group") {
+      const n = c.members ? c.members.length : 0;
+      sub = `${n} member${n === 1 ? "" : "s"}`;
+    } else {
+      const peer = state.users.get(c.peer_id);
+      sub = (peer ? "@" + peer.username : "") + (state.online.has(c.peer_id) ? " · online" : "");
+    }
+    $("thread-sub").textContent = sub;
+    $("add-members-btn").hidden = c.kind !== "group";
+  }
+
+  function renderTyping() {
+    const map = state.typing.get(state.current);
+    const now = Date.now();
+    const names = [];
+    if (map) {
+      for (const [userId, until] of map) {
+        if (until < now) { map.delete(userId); continue; }
+        const u = state.users.get(userId);
+        names.push(u ? u.display_name || u.username : "someone");
+      }
+    }
+    const el = $("typing");
+    el.textContent = names.length ? `${names.join(", ")} ${names.length > 1 ? "are" : "is"} typing…` : "";
+  }
+
+  function renderMessages(scroll) {
+    const conv = state.current;
+    const box = state.messages.get(conv);
+    const listEl = $("message-list");
+    const scroller = $("messages");
+    const atBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 40;
+    if (!box) { listEl.replaceChildren(); return; }
+    const me = state.session.user.id;
+    box.list.sort((a, b) => a.seq - b.seq);
+    const receipts = state.receipts.get(conv) || new Map();
+    const c = state.convs.get(conv);
+    const others = [...receipts.entries()].filter(([uid]) => uid !== me);
+    let lastMine = null;
+    for (const m of box.list) if (m.sender_id === me && m.kind !== "system") lastMine = m;
+    const items = [];
+    let prevSender = null;
+    let prevDay = null;
+    for (const m of box.list) {
+      const day = new Date(m.created_at).toDateString();
+      if (day !== prevDay) {
+        items.push(h("li", { class: "day" }, new Date(m.created_at).toLocaleDateString([], { weekday: "short", month: "short", day: "numeric" })));
+        prevDay = day;
+        prevSender = null;
+      }
+      if (m.kind === "system") {
+        items.push(h("li", { class: "system", dataset: { seq: String(m.seq) } }, describeSystem(m.body)));
+        prevSender = null;
+        continue;
+      }
+      const mine = m.sender_id === me;
+      const sender = state.users.get(m.sender_id);
+      const showName = !mine && c && c.kind === "group" && prevSender !== m.sender_id;
+      const text = typeof m.body === "string" ? m.body : JSON.stringify(m.body);
+      const li = h("li", { class: "msg " + (mine ? "mine" : "theirs") + (prevSender === m.sender_id ? " cont" : ""), dataset: { seq: String(m.seq), sender: String(m.sender_id) } },
+        showName ? h("span", { class: "sender", style: `color: hsl(${hue(m.sender_id)} 55% 40%)` }, sender ? sender.display_name || sender.username : `user ${m.sender_id}`) : null,
+        h("span", { class: "bubble" }, h("span", { class: "body" }, text), h("span", { class: "meta" }, timeOf(m.created_at))));
+      if (mine && lastMine && m.seq === lastMine.seq) {
+        const readers = others.filter(([, seq]) => seq >= m.seq);
+        let label = "Sent";
+        if (readers.length && c && c.kind === "direct") label = "Seen";
+        else if (readers.length) label = `Seen by ${readers.length}`;
+        li.append(h("span", { class: "receipt" + (readers.length ? " seen" : ""), "data-receipt": label }, label === "Sent" ? "✓ Sent" : "✓✓ " + label));
+      }
+      items.push(li);
+      prevSender = m.sender_id;
+    }
+    for (const p of state.pending.values()) {
+      if (p.conversationId !== conv) continue;
+      items.push(h("li", { class: "msg mine pending" },
+        h("span", { class: "bubble" }, h("span", { class: "body" }, p.frame.body), h("span", { class: "meta" }, state.wsOpen ? "sending…" : "waiting for connection…"))));
+    }
+    for (const p of state.failed) {
+      if (p.conversationId !== conv) continue;
+      items.push(h("li", { class: "msg mine failed" },
+        h("span", { class: "bubble" }, h("span", { class: "body" }, p.frame.body), h("span", { class: "meta" }, "not sent: " + p.failed))));
+    }
+    listEl.replaceChildren(...items);
+    $("older-btn").hidden = !box.hasMore;
+    if (scroll || atBottom) scroller.scrollTop = scroller.scrollHeight;
+  }
+
+  async function openConversation(id) {
+    sendTyping(false);
+    state.current = id;
+    $("thread-empty").hidden = true;
+    $("thread").hidden = false;
+    try {
+      await loadConversation(id);
+      // In the frame queue: the page then holds every message applied so far, and the live
+      // frames after it continue it with no hole.
+      await inOrder(async () => {
+        const page = await api.page(id, { limit: PAGE });
+        state.messages.set(id, { list: page.messages, loaded: true, hasMore: page.has_more });
+        const c = state.convs.get(id);
+        const last = page.messages.length ? page.messages[page.messages.length - 1] : null;
+        if (last) {
+          c.last_seq = Math.max(c.last_seq || 0, last.seq);
+          if (!c.last_message || c.last_message.seq <= last.seq) c.last_message = last;
+          if ((state.cursors.get(id) || 0) < last.seq) state.cursors.set(id, last.seq);
+        }
+      });
+    } catch (err) {
+      showSidebarError(err.message);
+      return;
+    }
+    if (state.current !== id) return;
+    renderThreadHead();
+    renderMessages(true);
+    renderTyping();
+    renderConversations();
+    markRead(id);
+    const c = state.convs.get(id);
+    if (c.kind === "direct" && c.peer_id) {
+      api.presence([c.peer_id]).then((p) => {
+        if (p.online.includes(c.peer_id)) state.online.add(c.peer_id); else state.online.delete(c.peer_id);
+        renderThreadHead();
+        renderConversations();
+      }, () => {});
+    }
+    $("message-input").focus();
+  }
+
+  async function loadOlder() {
+    const id = state.current;
+    const box = state.messages.get(id);
+    if (!box || !box.list.length) return;
+    const scroller = $("messages");
+    const before = scroller.scrollHeight;
+    const page = await api.page(id, { before_seq: box.list[0].seq, limit: PAGE });
+    if (state.current !== id) return;
+    box.list = [...page.messages, ...box.list];
+    box.hasMore = page.has_more;
+    renderMessages(false);
+    scroller.scrollTop = scroller.scrollHeight - before;
+  }
+
+  function closeThread() {
+    state.current = null;
+    $("thread").hidden = true;
+    $("thread-empty").hidden = false;
+  }
+
+  function showSidebarError(text) {
+    const el = $("sidebar-error");
+    el.textContent = text;
+    el.hidden = !text;
+    if (text) setTimeout(() => { if (el.textContent === text) el.hidden = true; }, 5000);
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Session
+  // ---------------------------------------------------------------------------------------
+
+  async function startChat() {
+    $("auth-view").hidden = true;
+    $("chat-view").hidden = false;
+    const me = state.session.user;
+    $("me-name").textContent = me.display_name || me.username;
+    avatar($("me-avatar"), me.display_name || me.username, me.id);
+    state.stopped = false;
+    const summaries = await api.conversations();
+    for (const s of summaries) {
+      state.convs.set(s.id, Object.assign({}, s));
+      // Start "from now": the list already shows the last message and the unread count.
+      if (!state.cursors.has(s.id)) state.cursors.set(s.id, s.last_seq || 0);
+    }
+    await ensureUsers(summaries.map((s) => s.peer_id).filter(Boolean));
+    const peers = summaries.map((s) => s.peer_id).filter(Boolean);
+    if (peers.length) {
+      try { for (const id of (await api.presence(peers)).online) state.online.add(id); } catch (err) { /* optional */ }
+    }
+    renderConversations();
+    connect();
+  }
+
+  function resetState() {
+    state.stopped = true;
+    clearTimeout(state.reconnectTimer);
+    state.reconnectTimer = null;
+    clearInterval(state.pingTimer);
+    if (state.ws) { const ws = state.ws; state.ws = null; ws.close(1000, "sign out"); }
+    for (const key of ["cursors", "convs", "messages", "receipts", "typing", "pending"]) state[key].clear();
+    state.online.clear();
+    state.failed = [];
+    state.current = null;
+    state.wsOpen = false;
+  }
+
+  function signOut(message) {
+    resetState();
+    state.session = null;
+    saveSession();
+    closeThread();
+    $("chat-view").hidden = true;
+    $("auth-view").hidden = false;
+    showAuthError(message || "");
+  }
+
+  function showAuthError(text) {
+    const el = $("auth-error");
+    el.textContent = text;
+    el.hidden = !text;
+  }
+
+  let registering = false;
+  function setMode(register) {
+    registering = register;
+    $("tab-login").classList.toggle("active", !register);
+    $("tab-register").classList.toggle("active", register);
+    $("tab-login").setAttribute("aria-selected", String(!register));
+    $("tab-register").setAttribute("aria-selected", String(register));
+    $("display-name-row").hidden = !register;
+    $("auth-submit").textContent = register ? "Create account" : "Sign in";
+    $("auth-password").autocomplete = register ? "new-password" : "current-password";
+    showAuthError("");
+  }
+
+  async function onAuthSubmit(event) {
+    event.preventDefault();
+    const username = $("auth-username").value.trim();
+    const password = $("auth-password").value;
+    const button = $("auth-submit");
+    button.disabled = true;
+    showAuthError("");
+    try {
+      if (registering) await api.register(username, password, $("auth-display-name").value.trim());
+      takeTokens(await api.login(username, password));
+      $("auth-password").value = "";
+      await startChat();
+    } catch (err) {
+      showAuthError(err.code === "unauthenticated" ? "Wrong username or password." : err.message);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Wiring
+  // ---------------------------------------------------------------------------------------
+
+  function openGroupDialog(mode) {
+    const dialog = $("group-dialog");
+    dialog.dataset.mode = mode;
+    $("group-dialog-title").textContent = mode === "create" ? "New group" : "Add members";
+    $("group-title-row").hidden = mode !== "create";
+    $("group-title").required = mode === "create";
+    $("group-submit").textContent = mode === "create" ? "Create" : "Add";
+    $("group-title").value = "";
+    $("group-members").value = "";
+    $("group-error").hidden = true;
+    dialog.showModal();
+    (mode === "create" ? $("group-title") : $("group-members")).focus();
+  }
+
+  async function onGroupSubmit(event) {
+    event.preventDefault();
+    const dialog = $("group-dialog");
+    const names = $("group-members").value.split(",").map((s) => s.trim()).filter(Boolean);
+    try {
+      const ids = [];
+      for (const name of names) ids.push((await userByName(name)).id);
+      let conv;
+      if (dialog.dataset.mode === "create") {
+        conv = await api.group($("group-title").value.trim(), ids);
+      } else {
+        if (!ids.length) throw new ApiError(422, "validation_error", "name at least one user");
+        conv = await api.addMembers(state.current, ids);
+      }
+      mergeConversation(conv);
+      if (!state.cursors.has(conv.id)) state.cursors.set(conv.id, 0);
+      await ensureUsers(conv.members.map((m) => m.user_id));
+      dialog.close();
+      renderConversations();
+      await openConversation(conv.id);
+    } catch (err) {
+      $("group-error").textContent = err.message;
+      $("group-error").hidden = false;
+    }
+  }
+
+  async function onNewDirect(event) {
+    event.preventDefault();
+    const input = $("new-direct-input");
+    const name = input.value.trim();
+    if (!name) return;
+    try {
+      const user = await userByName(name);
+      if (user.id === state.session.user.id) throw new ApiError(400, "bad_request", "that is you");
+      const conv = await api.direct(user.id);
+      mergeConversation(conv);
+      if (!state.cursors.has(conv.id)) state.cursors.set(conv.id, conv.last_seq || 0);
+      input.value = "";
+      renderConversations();
+      await openConversation(conv.id);
+    } catch (err) {
+      showSidebarError(err.message);
+    }
+  }
+
+  function autosize(el) {
+    el.style.height = "auto";
+    el.style.height = Math.min(el.scrollHeight, 160) + "px";
+  }
+
+  function wire() {
+    $("tab-login").addEventListener("click", () => setMode(false));
+    $("tab-register").addEventListener("click", () => setMode(true));
+    $("auth-form").addEventListener("submit", onAuthSubmit);
+    $("logout-btn").addEventListener("click", async () => {
+      try { await api.logout(); } catch (err) { /* signing out locally regardless */ }
+      signOut("");
+    });
+    $("new-direct-form").addEventListener("submit", onNewDirect);
+    $("new-group-btn").addEventListener("click", () => openGroupDialog("create"));
+    $("add-members-btn").addEventListener("click", () => openGroupDialog("add"));
+    $("group-form").addEventListener("submit", onGroupSubmit);
+    $("group-cancel").addEventListener("click", () => $("group-dialog").close());
+    $("older-btn").addEventListener("click", () => loadOlder().catch((err) => showSidebarError(err.message)));
+    const input = $("message-input");
+    $("composer").addEventListener("submit", (event) => {
+      event.preventDefault();
+      sendMessage(input.value);
+      input.value = "";
+      autosize(input);
+    });
+    input.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        $("composer").requestSubmit();
+      }
+    });
+    input.addEventListener("input", () => {
+      autosize(input);
+      sendTyping(input.value.length > 0);
+    });
+    input.addEventListener("blur", () => sendTyping(false));
+    document.addEventListener("visibilitychange", () => {
+      if (document.visibilityState === "visible" && state.current) {
+        renderMessages(false);
+        markRead(state.current);
+      }
+    });
+  }
+
+  async function boot() {
+    wire();
+    setMode(false);
+    const saved = localStorage.getItem(SESSION_KEY);
+    if (saved) {
+      try {
+        state.session = JSON.parse(saved);
+        await refreshTokens();
+        await startChat();
+        return;
+      } catch (err) {
+        state.session = null;
+        saveSession();
+      }
+    }
+    $("auth-view").hidden = false;
+  }
+
+  // Exposed for tests and debugging: read-only views of the state.
+  window.warbler = {
+    cursors: () => Object.fromEntries(state.cursors),
+    connected: () => state.wsOpen,
+    dropSocket: () => { if (state.ws) state.ws.close(1000, "test"); },
+  };
+
+  boot();
+})();
