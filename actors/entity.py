@@ -1,0 +1,112 @@
+"""The entity model: a plain Python class over one state dataclass, with typed handlers.
+
+Ray never appears here. An entity kind subclasses ``Entity``, marks its handlers with
+``@handles(MessageType)``, and implements ``restore`` (build from a checkpoint, or from scratch)
+and ``snapshot`` (version and bytes for the next checkpoint). The host gives each entity a
+mailbox: its handlers run one at a time, in arrival order.
+
+A handler that must not hold the mailbox while it waits (an append waiting for its group
+commit) returns ``Later(awaitable)``: the mailbox moves on at once and the caller's reply
+resolves when the awaitable does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ClassVar, Generic, TypeVar
+
+from actors.context import EntityContext
+from warbler.errors import ErrorCode, WarblerError
+
+S = TypeVar("S")
+M = TypeVar("M")
+R = TypeVar("R")
+E = TypeVar("E", bound="Entity[Any]")
+
+_HANDLES_ATTR = "__warbler_handles__"
+
+
+class Later:
+    """A reply that completes after the mailbox has moved on (see the module docstring).
+
+    The awaitable is scheduled as a task right away, so work it queues (a draft handed to the
+    group-commit writer) is queued in mailbox order.
+    """
+
+    __slots__ = ("task",)
+
+    def __init__(self, work: Coroutine[Any, Any, object]) -> None:
+        self.task: asyncio.Task[object] = asyncio.ensure_future(work)
+
+
+def handles(
+    message_type: type[M],
+) -> Callable[[Callable[[E, M], Awaitable[R]]], Callable[[E, M], Awaitable[R]]]:
+    """Mark a method as the handler of ``message_type`` messages."""
+
+    def mark(method: Callable[[E, M], Awaitable[R]]) -> Callable[[E, M], Awaitable[R]]:
+        setattr(method, _HANDLES_ATTR, message_type)
+        return method
+
+    return mark
+
+
+class Entity(Generic[S]):
+    """Base of every entity kind. ``changes`` counts state changes since activation; the host
+    compares it with what it last checkpointed."""
+
+    kind: ClassVar[str]
+    _handlers: ClassVar[dict[type, Callable[[Any, Any], Awaitable[object]]]] = {}
+
+    __slots__ = ("key", "ctx", "state", "changes")
+
+    def __init__(self, key: str, ctx: EntityContext, state: S) -> None:
+        self.key = key
+        self.ctx = ctx
+        self.state = state
+        self.changes = 0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        table = dict(cls._handlers)
+        for value in vars(cls).values():
+            message_type = getattr(value, _HANDLES_ATTR, None)
+            if message_type is not None:
+                table[message_type] = value
+        cls._handlers = table
+
+    @classmethod
+    def handled_types(cls) -> frozenset[type]:
+        """The message types this kind answers."""
+        return frozenset(cls._handlers)
+
+    async def handle(self, message: object) -> object:
+        """Run the handler of ``message``'s type (UNSUPPORTED if there is none)."""
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            raise WarblerError(
+                ErrorCode.UNSUPPORTED,
+                f"{self.kind} entities do not handle {type(message).__name__}",
+            )
+        return await handler(self, message)
+
+    # --- lifecycle, overridden by each kind ------------------------------------------------
+
+    @classmethod
+    async def restore(
+        cls: type[E], key: str, ctx: EntityContext, checkpoint: tuple[int, bytes] | None
+    ) -> E:
+        """Build the entity from its newest checkpoint (or from scratch when None), then bring
+        it up to date (e.g. replay the log after the checkpoint)."""
+        raise NotImplementedError
+
+    def snapshot(self) -> tuple[int, bytes]:
+        """``(version, state bytes)`` of the state as committed so far."""
+        raise NotImplementedError
+
+    async def on_activate(self) -> None:
+        """Called once after ``restore``, before the first message."""
+
+    async def on_passivate(self) -> None:
+        """Called once before the final checkpoint, after the last message."""

@@ -1,0 +1,223 @@
+"""Messages to entities and their results: frozen dataclasses, pickled across Ray calls.
+
+Conversation messages go to ``"conv:<id>"`` (``CreateGroup`` and ``OpenDirect`` to
+``"conv:new"``); session messages go to ``"user:<id>"``. Every message that changes a
+conversation carries an id that makes it idempotent: ``Append`` its ``client_msg_id``, the
+membership commands an ``op_id`` (a fresh one by default; pass your own to retry safely across
+your own restarts). A retried command returns the event of the first attempt with
+``duplicate=True``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+Role = Literal["owner", "admin", "member"]
+ConversationKind = Literal["direct", "group"]
+
+
+def new_op_id() -> str:
+    """A fresh idempotency id for a membership command."""
+    return uuid.uuid4().hex
+
+
+# --- conversation: the log ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """Append a message; answered after it is committed to SQL. ``kind`` is not ``"system"``."""
+
+    sender_id: int
+    client_msg_id: str
+    kind: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadLog:
+    """A page of the log in ascending seq (members only); ``limit`` is capped by settings."""
+
+    user_id: int
+    after_seq: int | None = None
+    before_seq: int | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class MarkRead:
+    """Everything up to ``seq`` is read by ``user_id``; the read position never moves back."""
+
+    user_id: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class GetInfo:
+    """Kind, title, members with roles and last seq (members only)."""
+
+    user_id: int
+
+
+# --- conversation: creation and membership -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreateGroup:
+    """Create a group (send to ``"conv:new"``): the creator is its owner, the others members."""
+
+    creator_id: int
+    title: str
+    member_ids: tuple[int, ...] = ()
+    op_id: str = field(default_factory=new_op_id)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenDirect:
+    """Get or create the direct conversation of two users (send to ``"conv:new"``)."""
+
+    user_id: int
+    peer_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class AddMembers:
+    """Add users to a group (owner or admin; only the owner adds admins)."""
+
+    actor_id: int
+    user_ids: tuple[int, ...]
+    role: Literal["admin", "member"] = "member"
+    op_id: str = field(default_factory=new_op_id)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveMember:
+    """Remove a member (owner: anyone but themself; admin: plain members only)."""
+
+    actor_id: int
+    user_id: int
+    op_id: str = field(default_factory=new_op_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    """Leave a group (anyone); an owner leaving hands ownership on."""
+
+    user_id: int
+    op_id: str = field(default_factory=new_op_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Rename:
+    """Rename a group (owner or admin)."""
+
+    actor_id: int
+    title: str
+    op_id: str = field(default_factory=new_op_id)
+
+
+@dataclass(frozen=True, slots=True)
+class SetRole:
+    """Change a member's role (owner only); ``role="owner"`` transfers ownership."""
+
+    actor_id: int
+    user_id: int
+    role: Role
+    op_id: str = field(default_factory=new_op_id)
+
+
+# --- conversation: results -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEvent:
+    """A committed message of a conversation's log (``kind="system"`` for membership changes).
+
+    ``duplicate`` is True when this answers a retry: the message stored by the first attempt.
+    """
+
+    conversation_id: int
+    seq: int
+    sender_id: int
+    client_msg_id: str
+    kind: str
+    body: dict[str, Any]
+    created_at: datetime
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A member's read position after a MarkRead."""
+
+    conversation_id: int
+    user_id: int
+    read_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    """One member and their role."""
+
+    user_id: int
+    role: Role
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationInfo:
+    """What GetInfo and OpenDirect answer. Members are in join order."""
+
+    conversation_id: int
+    kind: ConversationKind
+    title: str | None
+    members: tuple[MemberInfo, ...]
+    last_seq: int
+
+
+# --- user session ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectDevice:
+    """A device of this user connected to gateway replica ``replica_id``."""
+
+    device_id: str
+    replica_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DisconnectDevice:
+    """A device disconnected; ignored unless it is still registered on ``replica_id`` (a late
+    disconnect from an old replica must not undo a reconnect elsewhere)."""
+
+    device_id: str
+    replica_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class GetSession:
+    """The user's connected devices."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """One connected device and the gateway replica holding its socket."""
+
+    device_id: str
+    replica_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """A user's connected devices, in connection order."""
+
+    user_id: int
+    devices: tuple[DeviceInfo, ...]
+
+    @property
+    def online(self) -> bool:
+        """True when at least one device is connected."""
+        return bool(self.devices)

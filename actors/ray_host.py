@@ -1,0 +1,98 @@
+"""``ActorHost``: the Ray actor (one OS process) that hosts many entities.
+
+A thin async wrapper over ``HostCore``: its own database engine, Redis client and
+group-commit writer, built on first use (``__init__`` cannot await, and after a crash Ray
+re-runs ``__init__`` in the new process). Created only by ``actors.cluster``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from actors.context import EntityContext
+from actors.directory import ShardMap
+from actors.directory_store import DirectoryStore
+from actors.host import HostCore
+from actors.wire import BatchReply, Envelope
+from storage.db import Database
+from storage.redis import connect_redis
+from warbler.config import Settings
+from warbler.errors import ErrorCode, WarblerError
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class ActorHost:
+    """One host process: takes batches of envelopes for many entities (see ``HostCore``)."""
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        if not settings.redis_url:
+            raise WarblerError(ErrorCode.CONFIG, "hosts need settings.redis_url")
+        self._settings = settings
+        self._name = name
+        self._core: HostCore | None = None
+        self._starting: asyncio.Task[HostCore] | None = None
+
+    async def _ready(self) -> HostCore:
+        if self._core is not None:
+            return self._core
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        return await asyncio.shield(self._starting)
+
+    async def _start(self) -> HostCore:
+        settings = self._settings
+        assert settings.redis_url is not None
+        db = Database.from_settings(settings)
+        redis = connect_redis(settings.redis_url)
+        ctx = EntityContext.build(settings, db, redis)
+        core = HostCore(self._name, ctx, DirectoryStore(redis, ctx.keys))
+        await core.start()
+        self._core = core
+        return core
+
+    async def handle_batch(self, epoch: int, envelopes: list[Envelope]) -> BatchReply:
+        """Deliver a batch; results in order (see ``HostCore.handle_batch``)."""
+        core = await self._ready()
+        return await core.handle_batch(epoch, envelopes)
+
+    async def release(self, pending_json: bytes) -> int:
+        """Step (2) of a shard move (see ``HostCore.release``)."""
+        core = await self._ready()
+        return await core.release(ShardMap.from_json(pending_json))
+
+    async def adopt(self, committed_json: bytes) -> int:
+        """Step (4) of a shard move (see ``HostCore.adopt``)."""
+        core = await self._ready()
+        return await core.adopt(ShardMap.from_json(committed_json))
+
+    async def ping(self) -> dict[str, Any]:
+        """Ready check: name, pid and epoch, once the host has started."""
+        core = await self._ready()
+        return {"name": self._name, "pid": os.getpid(), "epoch": core.ownership.epoch}
+
+    async def stats(self) -> dict[str, Any]:
+        """Counters plus the process's resident memory."""
+        core = await self._ready()
+        return {**core.stats(), "pid": os.getpid(), "rss_bytes": _rss_bytes()}
+
+    async def is_active(self, key: str) -> bool:
+        """True if entity ``key`` is active here (tests: no entity on two hosts)."""
+        core = await self._ready()
+        return core.is_active(key)
+
+    async def passivate_all(self) -> int:
+        """Checkpoint and passivate every entity; how many there were."""
+        core = await self._ready()
+        return await core.passivate_where(lambda key: True)
+
+    async def shutdown(self) -> None:
+        """Passivate everything and stop the writer (before the actor is killed)."""
+        if self._core is not None:
+            await self._core.stop()
+            await self._core.ctx.db.close()

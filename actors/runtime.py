@@ -1,0 +1,270 @@
+"""The runtime the gateway uses: route calls to entities, batched, with transparent retries.
+
+``call(key, message)`` finds the host serving ``key`` in the shard map, hands the envelope to
+that host's ``HostChannel`` (one Ray call per host per window) and retries, with bounded
+backoff until a deadline, when the answer is STALE_EPOCH (the map moved: reload it from Redis)
+or the host died or is restarting (Ray restarts it). Retrying is safe because every command
+that changes state is idempotent (``client_msg_id`` / ``op_id``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any
+
+import ray
+import redis.asyncio as aioredis
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+from actors.batcher import HostChannel
+from actors.directory import ShardMap
+from actors.directory_store import DirectoryStore
+from actors.wire import Redirect
+from storage.keys import Keys
+from storage.redis import connect_redis
+from warbler.config import Settings
+from warbler.errors import ErrorCode, WarblerError
+
+logger = logging.getLogger(__name__)
+
+_HOST_DOWN = (RayActorError, ActorUnavailableError)
+_BACKOFF_FIRST_S = 0.01
+_BACKOFF_MAX_S = 0.25
+_REFRESH_MIN_INTERVAL_S = 0.005
+_MAX_REDIRECTS = 4
+
+
+class Runtime:
+    """Routes and batches calls to entities (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: aioredis.Redis,
+        *,
+        max_inflight_batches: int = 2,
+        call_timeout_s: float = 15.0,
+    ) -> None:
+        self.settings = settings
+        self._redis = redis
+        self._directory = DirectoryStore(redis, Keys(settings.namespace))
+        self._map: ShardMap | None = None
+        self._channels: dict[str, HostChannel] = {}
+        self._handles: dict[str, Any] = {}
+        self._max_inflight = max_inflight_batches
+        self._timeout_s = call_timeout_s
+        self._refresh_lock = asyncio.Lock()
+        self._refreshed_at = 0.0
+        self._refresh_task: asyncio.Task[None] | None = None
+        self.retries = 0
+
+    @classmethod
+    async def connect(
+        cls,
+        settings: Settings,
+        *,
+        max_inflight_batches: int = 2,
+        call_timeout_s: float = 15.0,
+    ) -> Runtime:
+        """A runtime for the cluster of ``settings.namespace`` (inside a Ray driver or worker;
+        the hosts and the shard map must exist: ``cluster.start_hosts``)."""
+        if not settings.redis_url:
+            raise WarblerError(ErrorCode.CONFIG, "the runtime needs settings.redis_url")
+        runtime = cls(
+            settings,
+            connect_redis(settings.redis_url),
+            max_inflight_batches=max_inflight_batches,
+            call_timeout_s=call_timeout_s,
+        )
+        await runtime.refresh(force=True)
+        if runtime._map is None:
+            await runtime.close()
+            raise WarblerError(
+                ErrorCode.UNAVAILABLE, f"no shard map in namespace {settings.namespace!r}"
+            )
+        return runtime
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the shard map this runtime routes by."""
+        return self._map.epoch if self._map is not None else 0
+
+    @property
+    def shard_map(self) -> ShardMap | None:
+        """The shard map this runtime routes by."""
+        return self._map
+
+    # --- calls ----------------------------------------------------------------------------------
+
+    async def call(self, key: str, message: object) -> object:
+        """Deliver one message and return its result; a failure raises its WarblerError."""
+        result = await self._call(key, message)
+        if isinstance(result, WarblerError):
+            raise result
+        return result
+
+    async def call_many(self, calls: list[tuple[str, object]]) -> list[object | WarblerError]:
+        """Deliver many messages (batched per host); results in order, a WarblerError in place
+        of each that failed."""
+        submitted = [self._submit(key, message) for key, message in calls]
+        futures = [future for _, future in submitted]
+        if futures:
+            await asyncio.wait(futures)
+        results: list[object | WarblerError] = []
+        retry: list[int] = []
+        for index, future in enumerate(futures):
+            exc = future.exception()
+            value = exc if exc is not None else future.result()
+            if _needs_retry(value):
+                retry.append(index)
+                results.append(None)
+            elif isinstance(value, BaseException) and not isinstance(value, WarblerError):
+                raise value
+            else:
+                results.append(value)
+        if retry:
+            again = await asyncio.gather(
+                *(self._call(calls[i][0], calls[i][1], first=submitted[i]) for i in retry)
+            )
+            for index, value in zip(retry, again, strict=True):
+                results[index] = value
+        return results
+
+    def _submit(self, key: str, message: object) -> tuple[str, asyncio.Future[object]]:
+        shard_map = self._map
+        assert shard_map is not None
+        host = shard_map.owner(key)
+        return host, self._channel(host).submit(key, message)
+
+    async def _call(
+        self,
+        key: str,
+        message: object,
+        *,
+        first: tuple[str, asyncio.Future[object]] | None = None,
+    ) -> object:
+        """One call with retries; returns the result or the final WarblerError."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
+        delay = _BACKOFF_FIRST_S
+        redirects = 0
+        submitted = first
+        while True:
+            if submitted is None:
+                submitted = self._submit(key, message)
+            host, future = submitted
+            try:
+                outcome: object = await asyncio.wait_for(
+                    asyncio.shield(future), max(0.0, deadline - loop.time())
+                )
+            except _HOST_DOWN as exc:
+                outcome = exc
+            except TimeoutError:
+                return WarblerError(ErrorCode.UNAVAILABLE, f"{key}: no answer in time")
+            submitted = None
+            if isinstance(outcome, ActorDiedError):
+                self._forget_host(host)  # maybe removed or re-created: look it up again
+            if isinstance(outcome, Redirect):
+                redirects += 1
+                if redirects > _MAX_REDIRECTS:
+                    return WarblerError(ErrorCode.INTERNAL, f"{key}: too many redirects")
+                key, message = outcome.key, outcome.message
+                continue
+            if not _needs_retry(outcome):
+                return outcome
+            self.retries += 1
+            stale = isinstance(outcome, WarblerError)
+            before = self.epoch
+            await self.refresh(force=not stale)
+            if stale and self.epoch > before:
+                continue  # the map moved: the new owner answers at once
+            if loop.time() + delay > deadline:
+                logger.warning("giving up on %s after retries: %r", key, outcome)
+                return WarblerError(ErrorCode.UNAVAILABLE, f"{key}: host unavailable ({outcome!r})")
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            delay = min(delay * 2, _BACKOFF_MAX_S)
+
+    # --- the shard map and the hosts --------------------------------------------------------------
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Reload the shard map from Redis (coalesced with concurrent refreshes; without
+        ``force``, skipped if it was reloaded a few ms ago)."""
+        if self._refresh_lock.locked():
+            async with self._refresh_lock:
+                return
+        async with self._refresh_lock:
+            if not force and time.monotonic() - self._refreshed_at < _REFRESH_MIN_INTERVAL_S:
+                return
+            current, _ = await self._directory.load()
+            self._refreshed_at = time.monotonic()
+            if current is None or (self._map is not None and current.epoch < self._map.epoch):
+                return
+            for name in current.all_hosts():
+                if name not in self._handles:
+                    try:
+                        self._handles[name] = await asyncio.to_thread(
+                            ray.get_actor, name, namespace=self.settings.namespace
+                        )
+                    except ValueError:
+                        logger.warning("host %s is in the map but not running yet", name)
+            self._map = current
+
+    def _seen_epoch(self, epoch: int) -> None:
+        # A host knows a newer map: reload in the background (once at a time).
+        if epoch > self.epoch and self._refresh_task is None:
+            task = asyncio.get_running_loop().create_task(self.refresh())
+            self._refresh_task = task
+            task.add_done_callback(lambda _: setattr(self, "_refresh_task", None))
+
+    def _forget_host(self, host: str) -> None:
+        self._handles.pop(host, None)
+        self._channels.pop(host, None)
+
+    def _channel(self, host: str) -> HostChannel:
+        channel = self._channels.get(host)
+        if channel is None:
+            handle = self._handles.get(host)
+            if handle is None:
+                handle = _MissingHost(host)
+            channel = HostChannel(
+                host,
+                handle,
+                lambda: self.epoch,
+                self._seen_epoch,
+                window_s=self.settings.batch_window_ms / 1000.0,
+                max_batch=self.settings.batch_max,
+                max_inflight=self._max_inflight,
+            )
+            if not isinstance(handle, _MissingHost):
+                self._channels[host] = channel
+        return channel
+
+    async def close(self) -> None:
+        """Wait for batches in flight and close the Redis connection."""
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+        await self._redis.aclose()
+
+
+def _needs_retry(value: object) -> bool:
+    if isinstance(value, WarblerError):
+        return value.code == ErrorCode.STALE_EPOCH
+    return isinstance(value, _HOST_DOWN)
+
+
+class _MissingHost:
+    """Stands in for a host the map names but Ray does not know yet: every call fails as if
+    the host were restarting, so the caller backs off and reloads."""
+
+    def __init__(self, name: str) -> None:
+        self.handle_batch = self
+        self._name = name
+
+    def remote(self, *args: object) -> asyncio.Future[object]:
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        future.set_exception(ActorUnavailableError(f"host {self._name} is not running", None))
+        return future
