@@ -79,6 +79,7 @@ def ray_cluster(settings: Settings) -> Iterator[Any]:
     if not ray.is_initialized():
         ray.init(
             num_cpus=4,
+            resources={"warbler_host": 8},
             namespace=settings.namespace,
             include_dashboard=False,
             log_to_driver=False,
