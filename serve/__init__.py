@@ -1,1 +1,1 @@
-"""Warbler serve layer."""
+"""Warbler's gateway: a Ray Serve deployment with a FastAPI app (REST + WebSocket)."""

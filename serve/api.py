@@ -1,0 +1,54 @@
+"""The FastAPI application of one gateway replica: REST under /v1, the WebSocket at /v1/ws,
+health, OpenAPI at /docs, and the web chat page at /."""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from serve.context import GatewayContext
+from serve.problems import install_problem_handlers
+from serve.routes import auth, conversations, health, users, ws
+from warbler.protocol import API_PREFIX, PROTOCOL_VERSION
+
+logger = logging.getLogger(__name__)
+
+
+def web_dir() -> Path | None:
+    """The web chat's static files (``client/web``), if that package is installed."""
+    try:
+        path = Path(str(resources.files("client") / "web"))
+    except ModuleNotFoundError:
+        return None
+    return path if (path / "index.html").is_file() else None
+
+
+def create_api(ctx: GatewayContext) -> FastAPI:
+    """The app for one replica, wired to its context."""
+    app = FastAPI(
+        title="Warbler",
+        version=f"protocol {PROTOCOL_VERSION}",
+        description=(
+            "Instant messaging on Ray. REST under /v1; the WebSocket protocol at /v1/ws is "
+            "documented in docs/protocol.md. Errors are RFC 9457 problem JSON."
+        ),
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.ctx = ctx
+    install_problem_handlers(app)
+    v1 = APIRouter(prefix=API_PREFIX)
+    for router in (auth.router, users.router, conversations.router, ws.router):
+        v1.include_router(router)
+    app.include_router(v1)
+    app.include_router(health.router)
+    static = web_dir()
+    if static is not None:
+        app.mount("/", StaticFiles(directory=static, html=True), name="web")
+    else:
+        logger.info("client/web not found; serving the API only")
+    return app

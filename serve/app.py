@@ -1,0 +1,78 @@
+"""The Serve application: the gateway deployment and its builder.
+
+``build_app(settings)`` returns the bound application; ``serve run serve.app:build_app`` works
+too (its arguments become Settings fields, the rest comes from ``WARBLER_*`` variables).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve import Application
+
+from serve.api import create_api
+from serve.context import GatewayContext
+from warbler.config import Settings
+
+logger = logging.getLogger(__name__)
+
+DEPLOYMENT_NAME = "Gateway"
+# A replica is a CPU-bound event loop; half a CPU lets a 2-core laptop run the default two and
+# gives the autoscaler a resource to place by on a real cluster.
+REPLICA_CPUS = 0.5
+# A scale-in or redeploy drains sockets: allow them time to leave before the replica is killed.
+GRACEFUL_SHUTDOWN_TIMEOUT_S = 30.0
+
+
+class Gateway:
+    """One gateway replica: its services, and the ASGI app built on them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._ctx: GatewayContext | None = None
+
+    async def __serve_build_asgi_app__(self) -> FastAPI:
+        # Serve calls this once, after __init__, inside the replica's event loop.
+        self._ctx = await GatewayContext.start(self._settings)
+        return create_api(self._ctx)
+
+    async def __del__(self) -> None:
+        if self._ctx is not None:
+            await self._ctx.close()
+
+
+def deployment_options(settings: Settings) -> dict[str, Any]:
+    """Serve options sized for long-lived sockets.
+
+    A WebSocket is one "ongoing request" for its whole life, so ``max_ongoing_requests`` is the
+    socket cap of a replica and the autoscaler's target is sockets per replica.
+    ``request_timeout_s`` stays unset: it would cut every socket at the timeout.
+    """
+    return {
+        "name": DEPLOYMENT_NAME,
+        "max_ongoing_requests": settings.max_sockets_per_replica,
+        "autoscaling_config": {
+            "min_replicas": settings.gateway_min_replicas,
+            "initial_replicas": settings.gateway_initial_replicas,
+            "max_replicas": settings.gateway_max_replicas,
+            "target_ongoing_requests": settings.target_sockets_per_replica,
+            # Sockets are sticky: scaling in drops sockets (they reconnect elsewhere), so
+            # scale out quickly and in slowly.
+            "upscale_delay_s": 30.0,
+            "downscale_delay_s": 600.0,
+        },
+        "ray_actor_options": {"num_cpus": REPLICA_CPUS},
+        "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_TIMEOUT_S,
+        "health_check_period_s": 10.0,
+    }
+
+
+def build_app(args: Settings | dict[str, Any]) -> Application:
+    """The gateway application for ``serve.run``: Settings, or a dict of Settings fields."""
+    settings = args if isinstance(args, Settings) else Settings(**args)
+    settings.check_production()
+    deployment = serve.deployment(**deployment_options(settings))(serve.ingress()(Gateway))
+    return deployment.bind(settings)

@@ -1,0 +1,137 @@
+"""Everything one gateway replica holds: connections to SQL, Redis and the actor runtime, and
+the handlers built on them. Built once per replica from Settings and closed on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+
+from actors import Runtime
+from actors.session import PRESENCE_TTL_S
+from serve.batching import CallCoalescer
+from serve.delivery.hub import DeliveryHub
+from serve.handlers.accounts import AccountsHandler
+from serve.handlers.chat import ChatHandler
+from serve.tokens import TokenSigner
+from storage import (
+    ConversationStore,
+    Database,
+    EventBus,
+    Keys,
+    PresenceCache,
+    UserStore,
+    connect_redis,
+)
+from warbler.config import Settings
+from warbler.errors import ErrorCode, WarblerError
+
+logger = logging.getLogger(__name__)
+
+# Sockets renew their presence this often (the session entity's TTL is three times longer).
+PRESENCE_RENEW_S = PRESENCE_TTL_S / 3
+
+
+def replica_name() -> str:
+    """A short id for this replica (the Serve replica tag when inside Serve)."""
+    try:
+        from ray import serve
+
+        tag = str(serve.get_replica_context().replica_tag)
+    except Exception:  # not inside a Serve replica (tests, scripts)
+        tag = uuid.uuid4().hex[:12]
+    return tag[-48:]
+
+
+@dataclass
+class GatewayContext:
+    """The services of one replica; routes reach them through ``serve.deps``."""
+
+    settings: Settings
+    replica_id: str
+    db: Database
+    redis: aioredis.Redis
+    runtime: Runtime
+    calls: CallCoalescer
+    hub: DeliveryHub
+    accounts: AccountsHandler
+    chat: ChatHandler
+    started_at: float = field(default_factory=time.time)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    async def start(cls, settings: Settings, replica_id: str | None = None) -> GatewayContext:
+        """Connect everything (the schema must already be migrated: ``warbler up`` does it)."""
+        if not settings.redis_url:
+            raise WarblerError(ErrorCode.CONFIG, "the gateway needs settings.redis_url")
+        db = Database.from_settings(settings)
+        redis = connect_redis(settings.redis_url)
+        keys = Keys(settings.namespace)
+        runtime = await Runtime.connect(settings)
+        calls = CallCoalescer(runtime.call_many, max_batch=settings.batch_max)
+        calls.start()
+        bus = EventBus(redis, keys)
+        chat = ChatHandler(
+            settings,
+            calls,
+            ConversationStore(db),
+            PresenceCache(redis, keys),
+            bus,
+            keys,
+        )
+        hub = DeliveryHub(
+            bus,
+            keys,
+            read_log=chat.read_log,
+            load_conversations=chat.load_conversations,
+            page_limit=settings.history_page_max,
+        )
+        await hub.start()
+        signer = TokenSigner(settings.resolved_secret_key(), settings.access_token_ttl_s)
+        ctx = cls(
+            settings=settings,
+            replica_id=replica_id or replica_name(),
+            db=db,
+            redis=redis,
+            runtime=runtime,
+            calls=calls,
+            hub=hub,
+            accounts=AccountsHandler(UserStore(db), signer, settings.refresh_token_ttl_s),
+            chat=chat,
+        )
+        ctx._tasks.append(asyncio.get_running_loop().create_task(ctx._renew_presence()))
+        logger.info("gateway replica %s ready", ctx.replica_id)
+        return ctx
+
+    async def close(self) -> None:
+        """Close sockets' delivery, the runtime and the connections."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.hub.close()
+        await self.calls.close()
+        with contextlib.suppress(Exception):
+            await self.runtime.close()
+        await self.redis.aclose()
+        await self.db.close()
+
+    async def _renew_presence(self) -> None:
+        # One batched round of ConnectDevice keepalives for every socket of the replica.
+        while True:
+            await asyncio.sleep(PRESENCE_RENEW_S)
+            conns = self.hub.connections
+            results = await asyncio.gather(
+                *(
+                    self.chat.device_connected(c.user_id, c.device_id, self.replica_id)
+                    for c in conns
+                ),
+                return_exceptions=True,
+            )
+            failed = sum(isinstance(r, BaseException) for r in results)
+            if failed:
+                logger.warning("presence renewal failed for %d of %d sockets", failed, len(conns))

@@ -1,0 +1,457 @@
+"""Per-replica delivery: one Redis pub/sub subscriber for every socket of the replica.
+
+The hub subscribes to the channel of each conversation that some locally connected user belongs
+to (reference counted by local users) and to the user channel of each local user (membership
+changes). An event arrives once per replica, is decoded and encoded once, and is fanned out
+in process to the sockets of the conversation's local members: no per-recipient Redis call.
+
+Ordering and gaps: each socket tracks the highest seq it has per conversation. Pub/sub is not
+durable, so a message can be missed (a dropped subscriber connection, a subscription racing a
+publish); a socket that sees a seq beyond the next one gets the missing range from the log
+(one read per distinct cursor, shared by all sockets at that cursor) before the new message.
+If the log cannot be read, those sockets are closed (1011) so their clients resync: order is
+never broken silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from actors.messages import MessageEvent
+from serve.convert import message_public, normalize_message_frame
+from serve.delivery.connection import Connection, LiveMessage
+from storage import EventBus, Keys, Subscriber
+from warbler.protocol import CloseCode, ConversationEventFrame, MessageFrame, dump_frame
+
+logger = logging.getLogger(__name__)
+
+ReadLog = Callable[[int, int, int | None, int | None, int], Awaitable[list[MessageEvent]]]
+"""(user_id, conversation_id, after_seq, before_seq, limit) -> messages in ascending seq."""
+LoadConversations = Callable[[int], Awaitable[dict[int, str]]]
+"""user_id -> {conversation id: kind} of every conversation the user belongs to."""
+
+_RESUBSCRIBE_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+
+def history_frame(event: MessageEvent) -> str:
+    """The `message` frame text of a message read from the log."""
+    return dump_frame(MessageFrame(**message_public(event).model_dump()))
+
+
+@dataclass
+class _LocalUser:
+    conns: set[Connection] = field(default_factory=set)
+    convs: dict[int, str] = field(default_factory=dict)  # conversation id -> kind
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    error: BaseException | None = None
+    # Membership events that arrived while the conversation list was being loaded.
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    loading: bool = True
+
+
+class DeliveryHub:
+    """Routes bus events to the sockets of this replica, in order and without gaps."""
+
+    def __init__(
+        self,
+        bus: EventBus,
+        keys: Keys,
+        *,
+        read_log: ReadLog,
+        load_conversations: LoadConversations,
+        page_limit: int,
+    ) -> None:
+        self._bus = bus
+        self._keys = keys
+        self._read_log = read_log
+        self._load_conversations = load_conversations
+        self._page_limit = page_limit
+        self._users: dict[int, _LocalUser] = {}
+        self._conv_users: dict[int, set[int]] = {}
+        # channel name -> ("conv" | "user", id)
+        self._channels: dict[str, tuple[str, int]] = {}
+        self._subscriber: Subscriber | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._sub_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[object]] = set()
+        self.events_in = 0
+        self.frames_out = 0
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the subscriber and start reading."""
+        self._subscriber = self._bus.subscriber()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="delivery-hub")
+
+    async def close(self) -> None:
+        """Stop reading and close the subscriber."""
+        for task in [self._task, *self._tasks]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._subscriber is not None:
+            await self._subscriber.close()
+
+    @property
+    def connections(self) -> list[Connection]:
+        """Every socket of this replica."""
+        return [c for u in self._users.values() for c in u.conns]
+
+    def user_conversations(self, user_id: int) -> dict[int, str]:
+        """The conversations (id -> kind) of a locally connected user."""
+        local = self._users.get(user_id)
+        return dict(local.convs) if local else {}
+
+    def is_member(self, user_id: int, conversation_id: int) -> bool:
+        """True when the locally connected user belongs to the conversation."""
+        local = self._users.get(user_id)
+        return local is not None and conversation_id in local.convs
+
+    # -- sockets ----------------------------------------------------------------------------
+
+    async def attach(self, conn: Connection) -> None:
+        """Start delivering to ``conn``: subscribe its user's channels first (so nothing
+        published from now on is missed), then load the user's conversations."""
+        local = self._users.get(conn.user_id)
+        if local is not None:
+            await local.ready.wait()
+            if local.error is None:
+                local.conns.add(conn)
+                return
+        local = _LocalUser()
+        self._users[conn.user_id] = local
+        local.conns.add(conn)
+        try:
+            await self._subscribe([self._keys.user_channel(conn.user_id)], ("user", conn.user_id))
+            local.convs = await self._load_conversations(conn.user_id)
+            for conv in local.convs:
+                self._conv_users.setdefault(conv, set()).add(conn.user_id)
+            await self._subscribe_convs(local.convs)
+            local.loading = False
+            pending, local.pending = local.pending, []
+            for event in pending:
+                await self._on_membership(conn.user_id, event)
+        except BaseException as exc:
+            local.error = exc
+            local.ready.set()
+            self._users.pop(conn.user_id, None)
+            await self._release_user(conn.user_id, local.convs)
+            raise
+        local.ready.set()
+
+    async def detach(self, conn: Connection) -> None:
+        """Stop delivering to ``conn``; unsubscribe what no local socket needs any more."""
+        local = self._users.get(conn.user_id)
+        if local is None or conn not in local.conns:
+            return
+        local.conns.discard(conn)
+        if local.conns or not local.ready.is_set():
+            return
+        del self._users[conn.user_id]
+        await self._release_user(conn.user_id, local.convs)
+
+    async def _release_user(self, user_id: int, convs: Iterable[int]) -> None:
+        drop = [self._keys.user_channel(user_id)]
+        for conv in convs:
+            users = self._conv_users.get(conv)
+            if users is None:
+                continue
+            users.discard(user_id)
+            if not users:
+                del self._conv_users[conv]
+                drop.append(self._keys.conv_channel(conv))
+        await self._unsubscribe(drop)
+
+    # -- sync -------------------------------------------------------------------------------
+
+    async def catch_up(
+        self,
+        conn: Connection,
+        cursors: dict[int, int],
+        only: int | None = None,
+        *,
+        begun: bool = False,
+        before_release: Callable[[dict[int, int], list[int]], None] | None = None,
+    ) -> tuple[dict[int, int], list[int]]:
+        """Send ``conn`` what it lacks after its cursors, then release the live messages that
+        arrived meanwhile. Conversations without a cursor get their newest page. Returns the
+        cursors now held and the conversations whose older messages were left out.
+
+        ``begun``: the caller already called ``conn.begin_sync(only)`` (before attaching the
+        socket, so no live message can overtake the cursors). ``before_release`` runs between
+        the catch-up and the buffered live messages (to send `sync_done` there).
+        """
+        local = self._users.get(conn.user_id)
+        convs = [only] if only is not None else list(local.convs if local else ())
+        if not begun:
+            conn.begin_sync(only)
+        truncated: list[int] = []
+        ok = False
+        try:
+            for conv in convs:
+                if conv in cursors:
+                    conn.delivered[conv] = max(conn.delivered.get(conv, 0), cursors[conv])
+            results = await asyncio.gather(
+                *(self._send_log(conn, conv, cursors.get(conv)) for conv in convs),
+                return_exceptions=True,
+            )
+            for conv, result in zip(convs, results, strict=True):
+                if isinstance(result, BaseException):
+                    raise result
+                if result:
+                    truncated.append(conv)
+            ok = True
+        finally:
+            held = {c: conn.delivered[c] for c in convs if c in conn.delivered}
+            if ok and before_release is not None:
+                before_release(held, truncated)
+            released = conn.end_sync(only)
+        await self._offer_all(conn, released)
+        return held, truncated
+
+    async def _send_log(self, conn: Connection, conv: int, cursor: int | None) -> bool:
+        """Send the log after ``cursor`` (or the newest page); True if that page was cut."""
+        if cursor is None:
+            page = await self._read_log(conn.user_id, conv, None, None, self._page_limit)
+            for event in page:
+                conn.send_history(conv, event.seq, history_frame(event))
+            if not page:
+                conn.delivered.setdefault(conv, 0)
+            return len(page) >= self._page_limit and page[0].seq > 1
+        after = cursor
+        while True:
+            page = await self._read_log(conn.user_id, conv, after, None, self._page_limit)
+            for event in page:
+                conn.send_history(conv, event.seq, history_frame(event))
+            if len(page) < self._page_limit or conn.closed:
+                return False
+            after = page[-1].seq
+
+    async def _offer_all(self, conn: Connection, messages: list[LiveMessage]) -> None:
+        for msg in messages:
+            gap = conn.offer(msg)
+            if gap is not None:
+                await self._fill_gap(msg, {gap: [conn]})
+
+    # -- the event loop ---------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            subscriber = self._subscriber
+            assert subscriber is not None
+            try:
+                async for channel, payload in subscriber:
+                    attempt = 0
+                    try:
+                        await self._dispatch(channel, payload)
+                    except Exception:
+                        logger.exception("dropping a bad event on %s", channel)
+                return
+            except (RedisError, OSError) as exc:
+                delay = _RESUBSCRIBE_BACKOFF_S[min(attempt, len(_RESUBSCRIBE_BACKOFF_S) - 1)]
+                attempt += 1
+                logger.warning("event bus connection lost (%r); resubscribing in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                await self._resubscribe()
+
+    async def _resubscribe(self) -> None:
+        """A new subscriber for every channel, then a gap check of every conversation: what
+        was published while disconnected is read from the log."""
+        old = self._subscriber
+        self._subscriber = self._bus.subscriber()
+        if old is not None:
+            try:
+                await old.close()
+            except (RedisError, OSError):
+                pass
+        try:
+            async with self._sub_lock:
+                await self._subscriber.subscribe(*self._channels)
+        except (RedisError, OSError):
+            logger.warning("resubscribe failed; will retry")
+            return
+        for conv in list(self._conv_users):
+            await self._check_tail(conv)
+
+    async def _check_tail(self, conv: int) -> None:
+        """Deliver whatever of ``conv`` its local sockets lack (after a lost subscription)."""
+        groups: dict[int, list[Connection]] = {}
+        for uid in self._conv_users.get(conv, ()):
+            for conn in self._users[uid].conns:
+                have = conn.delivered.get(conv)
+                if have is not None and not conn.is_syncing(conv):
+                    groups.setdefault(have, []).append(conn)
+        for have, conns in groups.items():
+            await self._fill_from_log(conv, have, None, conns)
+
+    async def _dispatch(self, channel: str, payload: bytes) -> None:
+        target = self._channels.get(channel)
+        if target is None:
+            return
+        self.events_in += 1
+        frame: dict[str, Any] = json.loads(payload)
+        kind, ident = target
+        if kind == "user":
+            if frame.get("type") == "conversation":
+                await self._on_membership(ident, frame)
+            return
+        ftype = frame.get("type")
+        if ftype == "message":
+            await self._on_message(ident, frame)
+        elif ftype in ("receipt", "typing", "presence"):
+            # Receipts go to every member socket (the reader's other devices too); typing and
+            # presence only to the others.
+            skip = None if ftype == "receipt" else frame.get("user_id")
+            self._broadcast(ident, payload.decode(), skip_user=skip)
+        elif ftype == "conversation":
+            self._broadcast(ident, payload.decode(), skip_user=None)
+
+    async def _on_message(self, conv: int, frame: dict[str, Any]) -> None:
+        users = self._conv_users.get(conv)
+        if not users:
+            return
+        msg = LiveMessage(
+            conversation_id=conv,
+            seq=int(frame["seq"]),
+            sender_id=int(frame["sender_id"]),
+            client_msg_id=str(frame.get("client_msg_id", "")),
+            text=json.dumps(normalize_message_frame(frame), separators=(",", ":")),
+        )
+        gaps: dict[int, list[Connection]] = {}
+        for uid in users:
+            for conn in self._users[uid].conns:
+                have = conn.offer(msg)
+                if have is not None:
+                    gaps.setdefault(have, []).append(conn)
+        self.frames_out += sum(len(self._users[u].conns) for u in users)
+        if gaps:
+            await self._fill_gap(msg, gaps)
+
+    def _broadcast(self, conv: int, text: str, skip_user: object) -> None:
+        for uid in self._conv_users.get(conv, ()):
+            if uid == skip_user:
+                continue
+            for conn in self._users[uid].conns:
+                conn.send(text)
+                self.frames_out += 1
+
+    async def _fill_gap(self, msg: LiveMessage, gaps: dict[int, list[Connection]]) -> None:
+        for have, conns in gaps.items():
+            logger.info(
+                "conversation %s: gap after seq %s before %s on %d sockets; reading the log",
+                msg.conversation_id,
+                have,
+                msg.seq,
+                len(conns),
+            )
+            if await self._fill_from_log(msg.conversation_id, have, msg.seq, conns):
+                for conn in conns:
+                    conn.offer(msg)
+
+    async def _fill_from_log(
+        self, conv: int, after: int, upto: int | None, conns: list[Connection]
+    ) -> bool:
+        """Send ``conns`` the log after ``after`` (up to ``upto``); on failure close them."""
+        try:
+            while upto is None or after < upto - 1:
+                page = await self._read_log(conns[0].user_id, conv, after, None, self._page_limit)
+                for event in page:
+                    if upto is not None and event.seq >= upto:
+                        break
+                    text = history_frame(event)
+                    for conn in conns:
+                        conn.send_history(conv, event.seq, text)
+                if len(page) < self._page_limit:
+                    break
+                after = page[-1].seq
+            return True
+        except Exception:
+            logger.exception("conversation %s: cannot read the log to fill a gap", conv)
+            for conn in conns:
+                conn.request_close(CloseCode.INTERNAL)
+            return False
+
+    # -- membership -------------------------------------------------------------------------
+
+    async def _on_membership(self, user_id: int, frame: dict[str, Any]) -> None:
+        local = self._users.get(user_id)
+        if local is None:
+            return
+        if local.loading:
+            local.pending.append(frame)
+            return
+        conv = int(frame["conversation_id"])
+        event = frame.get("event")
+        text = dump_frame(ConversationEventFrame.model_validate(frame))
+        if event == "added" and conv not in local.convs:
+            local.convs[conv] = str(frame.get("kind") or "group")
+            users = self._conv_users.setdefault(conv, set())
+            users.add(user_id)
+            if len(users) == 1:
+                await self._subscribe_convs([conv])
+            for conn in list(local.conns):
+                conn.send(text)
+                # The conversation's messages so far (newest page), then its live stream.
+                # Buffering starts now; the log is read in a task so the hub keeps flowing.
+                conn.begin_sync(conv)
+                self._spawn(self.catch_up(conn, {}, only=conv, begun=True))
+        elif event == "removed" and conv in local.convs:
+            del local.convs[conv]
+            for conn in local.conns:
+                conn.forget(conv)
+                conn.send(text)
+            remaining = self._conv_users.get(conv)
+            if remaining is not None:
+                remaining.discard(user_id)
+                if not remaining:
+                    del self._conv_users[conv]
+                    await self._unsubscribe([self._keys.conv_channel(conv)])
+        else:
+            for conn in local.conns:
+                conn.send(text)
+
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[object]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("delivery task failed", exc_info=task.exception())
+
+    # -- subscriptions ----------------------------------------------------------------------
+
+    async def _subscribe_convs(self, convs: Iterable[int]) -> None:
+        for conv in convs:
+            channel = self._keys.conv_channel(conv)
+            if channel not in self._channels:
+                await self._subscribe([channel], ("conv", conv))
+
+    async def _subscribe(self, channels: list[str], target: tuple[str, int]) -> None:
+        new = [c for c in channels if c not in self._channels]
+        for c in new:
+            self._channels[c] = target
+        if new and self._subscriber is not None:
+            async with self._sub_lock:
+                await self._subscriber.subscribe(*new)
+
+    async def _unsubscribe(self, channels: list[str]) -> None:
+        gone = [c for c in channels if self._channels.pop(c, None) is not None]
+        if gone and self._subscriber is not None:
+            try:
+                async with self._sub_lock:
+                    await self._subscriber.unsubscribe(*gone)
+            except (RedisError, OSError):
+                logger.warning("unsubscribe failed (the resubscribe after reconnect fixes it)")
