@@ -65,6 +65,36 @@ def chat(
         raise typer.Exit(130) from None
 
 
+async def _send(
+    url: str, username: str, password: str, text: str, to: str | None, conversation: int | None
+) -> None:
+    async with WarblerClient(url) as client:
+        await client.login(username, password)
+        sent = await client.send(text, conversation_id=conversation, to_user=to)
+        Console().print(
+            f"sent: conversation {sent.conversation_id}, seq {sent.seq}", highlight=False
+        )
+
+
+def send(
+    text: str = typer.Argument(..., help="The message."),
+    to: str | None = typer.Option(None, "--to", help="Username of the recipient."),
+    conversation: int | None = typer.Option(None, "--conversation", "-c", help="Conversation id."),
+    url: str = typer.Option(DEFAULT_URL, envvar="WARBLER_URL", help="The gateway's base URL."),
+    username: str = typer.Option(..., "--user", "-u", prompt=True, envvar="WARBLER_USER"),
+    password: str = typer.Option(..., prompt=True, hide_input=True, envvar="WARBLER_PASSWORD"),
+) -> None:
+    """Send one message (to a user with --to, or into a conversation with -c) and print its seq."""
+    if (to is None) == (conversation is None):
+        raise typer.BadParameter("give exactly one of --to and --conversation")
+    try:
+        asyncio.run(_send(url, username, password, text, to, conversation))
+    except WarblerError as exc:
+        Console(stderr=True).print(f"[red]{exc.code.value}:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(2 if exc.code is ErrorCode.UNAUTHENTICATED else 1) from None
+
+
 def register(app: typer.Typer) -> None:
     """Add the client's commands to the `warbler` CLI."""
     app.command("chat")(chat)
+    app.command("send")(send)
