@@ -178,14 +178,14 @@ class ConversationStore:
     async def remove_member(self, conversation_id: int, user_id: int) -> bool:
         """Remove a membership; True if there was one."""
         async with self._db.session() as session:
-            result = await session.execute(
+            result = await session.exec(
                 delete(Membership).where(
                     col(Membership.conversation_id) == conversation_id,
                     col(Membership.user_id) == user_id,
                 )
             )
             await session.commit()
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            return bool(result.rowcount)
 
     async def set_role(self, conversation_id: int, user_id: int, role: str) -> Membership:
         """Change a member's role; ``WarblerError(NOT_MEMBER)`` if they are not a member."""
@@ -278,7 +278,7 @@ class ConversationStore:
         if seq < 0:
             raise WarblerError(ErrorCode.VALIDATION, "seq must not be negative")
         async with self._db.session() as session:
-            await session.execute(
+            await session.exec(
                 update(Membership)
                 .where(
                     col(Membership.conversation_id) == conversation_id,

@@ -132,21 +132,21 @@ class UserStore:
         """Revoke one token. True if this call revoked it (False: unknown or already revoked),
         so a caller rotating tokens can detect a token used twice."""
         async with self._db.session() as session:
-            result = await session.execute(
+            result = await session.exec(
                 update(RefreshToken)
                 .where(col(RefreshToken.id) == token_id, col(RefreshToken.revoked_at).is_(None))
                 .values(revoked_at=utcnow())
             )
             await session.commit()
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            return bool(result.rowcount)
 
     async def revoke_all_refresh_tokens(self, user_id: int) -> int:
         """Revoke every live token of ``user_id``; returns how many were revoked."""
         async with self._db.session() as session:
-            result = await session.execute(
+            result = await session.exec(
                 update(RefreshToken)
                 .where(col(RefreshToken.user_id) == user_id, col(RefreshToken.revoked_at).is_(None))
                 .values(revoked_at=utcnow())
             )
             await session.commit()
-            return int(result.rowcount)  # type: ignore[attr-defined]
+            return int(result.rowcount)

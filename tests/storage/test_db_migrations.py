@@ -1,0 +1,177 @@
+"""Migrations from an empty database, concurrent migrate(), and models == migrated schema."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, inspect, text
+from sqlalchemy.engine import make_url
+from sqlmodel import SQLModel
+
+from storage import Database
+from storage.db import alembic_config
+from warbler.config import Settings
+from warbler.errors import ErrorCode, WarblerError
+
+TABLES = {"users", "refresh_tokens", "conversations", "memberships", "messages", "checkpoints"}
+
+
+@pytest.fixture
+async def fresh_url(settings: Settings, tmp_path: Path) -> AsyncIterator[str]:
+    """The URL of a new, empty database on the session's engine, dropped afterwards."""
+    url = make_url(settings.async_database_url)
+    if url.get_backend_name() == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
+        return
+    name = f"warbler_mig_{uuid.uuid4().hex[:10]}"
+    admin = Database(settings.async_database_url)
+    ddl_engine = admin.engine.execution_options(isolation_level="AUTOCOMMIT")
+    async with ddl_engine.connect() as conn:
+        await conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        async with ddl_engine.connect() as conn:
+            if admin.dialect == "postgresql":
+                await conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            else:
+                await conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+        await admin.close()
+
+
+def _head() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def _schema_diff(conn: Connection) -> list[Any]:
+    diffs = compare_metadata(
+        MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata
+    )
+    if conn.dialect.name in ("mysql", "mariadb"):
+        # MariaDB stores JSON as LONGTEXT (with a json_valid check); reflection sees LONGTEXT.
+        diffs = [
+            d
+            for d in diffs
+            if not (isinstance(d, list) and d[0][0] == "modify_type" and d[0][3] == "body")
+        ]
+    return diffs
+
+
+async def _version(db: Database) -> str | None:
+    async with db.engine.connect() as conn:
+        return await conn.scalar(text("SELECT version_num FROM alembic_version"))
+
+
+async def test_migrate_creates_every_table_from_empty(fresh_url: str) -> None:
+    db = Database(fresh_url)
+    try:
+        async with db.engine.connect() as conn:
+            before = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+        assert not before & TABLES
+        await db.migrate()
+        async with db.engine.connect() as conn:
+            after = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+            assert TABLES | {"alembic_version"} <= after
+            assert await conn.run_sync(_schema_diff) == []
+        assert await _version(db) == _head()
+    finally:
+        await db.close()
+
+
+async def test_migrate_twice_is_a_noop(fresh_url: str) -> None:
+    db = Database(fresh_url)
+    try:
+        await db.migrate()
+        await db.migrate()
+        assert await _version(db) == _head()
+    finally:
+        await db.close()
+
+
+async def test_migrate_racing_in_one_process(fresh_url: str) -> None:
+    first, second = Database(fresh_url), Database(fresh_url)
+    try:
+        await asyncio.gather(first.migrate(), second.migrate())
+        assert await _version(first) == _head()
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_migrate_racing_processes(fresh_url: str) -> None:
+    code = (
+        "import asyncio, sys\n"
+        "from storage import Database\n"
+        "async def main():\n"
+        "    db = Database(sys.argv[1])\n"
+        "    await db.migrate()\n"
+        "    await db.close()\n"
+        "asyncio.run(main())\n"
+    )
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", code, fresh_url, stderr=subprocess.PIPE
+        )
+        for _ in range(3)
+    ]
+    results = await asyncio.gather(*(p.communicate() for p in procs))
+    for proc, (_, err) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, err.decode()
+    db = Database(fresh_url)
+    try:
+        assert await _version(db) == _head()
+    finally:
+        await db.close()
+
+
+async def test_session_database_is_at_head(db: Database) -> None:
+    assert await _version(db) == _head()
+
+
+@pytest.mark.parametrize(
+    ("url", "dialect"),
+    [
+        ("sqlite:////tmp/x.db", "sqlite"),
+        ("postgresql://u@h/db", "postgresql"),
+        ("postgresql+psycopg://u@h/db", "postgresql"),
+        ("mysql://u@h/db", "mysql"),
+        ("mysql+pymysql://u@h/db", "mysql"),
+        ("mariadb://u@h/db", "mysql"),
+    ],
+)
+async def test_from_settings_picks_an_async_driver(url: str, dialect: str) -> None:
+    db = Database.from_settings(Settings(database_url=url))
+    try:
+        assert db.dialect == dialect
+        assert db.engine.dialect.is_async
+    finally:
+        await db.close()
+
+
+def test_unknown_database_scheme_is_a_config_error() -> None:
+    with pytest.raises(WarblerError) as err:
+        Database("oracle+oracledb://u@h/db")
+    assert err.value.code is ErrorCode.CONFIG
+
+
+async def test_sqlite_uses_wal_and_a_busy_timeout(tmp_path: Path) -> None:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'wal.db'}")
+    try:
+        async with db.engine.connect() as conn:
+            assert (await conn.scalar(text("PRAGMA journal_mode"))) == "wal"
+            assert (await conn.scalar(text("PRAGMA busy_timeout"))) >= 1000
+            assert (await conn.scalar(text("PRAGMA foreign_keys"))) == 1
+    finally:
+        await db.close()
