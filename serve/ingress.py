@@ -1,0 +1,83 @@
+"""How Serve's ingress is configured: HAProxy (default) or Serve's Python proxy.
+
+With HAProxy every gateway replica runs its own uvicorn and haproxy routes sockets straight to
+it, with no extra hop per frame (docs/architecture.md, "Gateway", has the numbers). Serve reads
+these variables when the cluster's processes start, so they must be in the environment of the
+process that starts the cluster (``ray start`` or a local ``ray.init``), not just the driver.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import tempfile
+from pathlib import Path
+
+from warbler.config import Settings
+
+# Serve puts haproxy's admin and metrics sockets under <dir>/<56-hex node id>/; a unix socket
+# path must fit in 107 bytes.
+_MAX_SOCKET_DIR = 107 - 57 - len("/metrics.sock")
+# After a scale-in starts, the replica keeps taking traffic this long so haproxy can
+# deregister it, then closes its sockets with 1012 (clients reconnect elsewhere).
+DRAINING_PERIOD_S = 5
+# An old haproxy process after a reload keeps its sockets at most this long.
+HARD_STOP_AFTER_S = 120
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def haproxy_dir(settings: Settings) -> Path:
+    """Where haproxy's config, state and sockets go: under the data dir when the path is short
+    enough for a unix socket, else a directory in /tmp named after the data dir."""
+    preferred = (settings.data_dir / "haproxy").resolve()
+    if len(str(preferred)) <= _MAX_SOCKET_DIR:
+        return preferred
+    digest = hashlib.sha1(str(preferred).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"warbler-haproxy-{digest}"
+
+
+def ingress_env(
+    settings: Settings,
+    *,
+    stats_port: int | None = None,
+    metrics_port: int | None = None,
+    fallback_port: int | None = None,
+) -> dict[str, str]:
+    """Environment variables for the process that starts the Ray cluster.
+
+    haproxy's stats and Prometheus ports bind every interface (Serve offers no host for them),
+    so they get free, non-default ports unless given.
+    """
+    env = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+    if not settings.use_haproxy:
+        return env
+    d = haproxy_dir(settings)
+    d.mkdir(parents=True, exist_ok=True)
+    env.update(
+        {
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(d / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(d / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(d),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(d / "server-state"),
+            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(d / "metrics.sock"),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port or free_port()),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port or free_port()),
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(fallback_port or free_port()),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(DRAINING_PERIOD_S),
+            "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S": str(HARD_STOP_AFTER_S),
+        }
+    )
+    return env
+
+
+def http_options(settings: Settings) -> dict[str, object]:
+    """``serve.start`` HTTP options: loopback by default (settings.http_host)."""
+    return {"host": settings.http_host, "port": settings.http_port}
