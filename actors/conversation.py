@@ -352,9 +352,12 @@ class ConversationEntity(Entity[ConversationState]):
         done = await self._done_before(msg.creator_id, msg.op_id)
         if done is not None:
             return done
-        if s.committed_seq > 0 or s.kind != "group":
-            raise WarblerError(ErrorCode.CONFLICT, f"conversation {s.conversation_id} exists")
-        roles.require_member(s.members, msg.creator_id, s.conversation_id)
+        try:
+            if s.committed_seq > 0 or s.kind != "group":
+                raise WarblerError(ErrorCode.CONFLICT, f"conversation {s.conversation_id} exists")
+            roles.require_member(s.members, msg.creator_id, s.conversation_id)
+        except WarblerError as exc:
+            return await self._retry_or_raise(msg.creator_id, msg.op_id, exc)
         body = {
             "op": "created",
             "by": msg.creator_id,
