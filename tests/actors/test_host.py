@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-
 from actor_helpers import MakeUser
+
 from actors.directory import initial_map, with_host_added
 from actors.directory_store import DirectoryStore
 from actors.host import HostCore

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from actor_helpers import MakeUser, ask
+
 from actors.context import EntityContext
 from actors.messages import ConnectDevice, DisconnectDevice, GetSession, SessionInfo
 from actors.names import user_key
