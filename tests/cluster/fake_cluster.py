@@ -1,0 +1,348 @@
+"""A multi-node Ray cluster with a real autoscaler on one machine, for tests.
+
+Ray ships a "fake multi-node" node provider (``ray.autoscaler._private.fake_multi_node``): the head
+runs the ordinary autoscaler (``monitor.py``), and when it decides to launch a worker node the
+provider starts one more raylet (with its agents) on this machine, carrying the node type's
+resources. So ``{"warbler_host": 1}`` demand really makes the autoscaler add a node, and an idle
+node is really terminated after ``idle_timeout_minutes``.
+
+Why not ``ray.cluster_utils.AutoscalingCluster``: in the 2.60 wheel it reads an example YAML the
+wheel does not ship, and its start/shutdown run ``ray stop --force``, which kills every Ray process
+on the machine (other engineers' clusters included). This module writes its own config and stops
+only what it started:
+
+- ``ray start --head`` runs in a new session (``setsid``); every Ray process of this cluster (GCS,
+  raylets, agents, the autoscaler, workers, and the fake worker nodes' raylets that the autoscaler
+  spawns) descends from it and keeps its session id, even when orphaned. Stopping signals exactly
+  the processes of that session, by PID.
+- The GCS listens on a free port (never 6379, which is Redis), the temp dir is private, and every
+  node binds 127.0.0.1.
+- Token auth (the default for local clusters since Ray 2.59) uses a token file of its own:
+  ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN_PATH``, both in ``FakeCluster.env``, which a driver
+  joining the cluster needs too. ``~/.ray/auth_token`` (shared by every local cluster) is untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+# The fake provider names its head node type this way; the head must use it.
+HEAD_NODE_TYPE = "ray.head.default"
+# monitor.log markers: the decision to launch or terminate (logged as it is taken), and the
+# event summary (logged at the end of the update that acted).
+_EVENT_MARKERS = (":event_summary:", "StandardAutoscaler: Queue", "StandardAutoscaler: Terminating")
+
+
+@dataclass(frozen=True)
+class FakeNodeType:
+    """A worker node type the autoscaler may launch: its resources and how many of them."""
+
+    resources: Mapping[str, float]
+    min_workers: int = 0
+    max_workers: int = 1
+    # Each fake node gets its own plasma store; keep it small (the machine is shared).
+    object_store_memory: int = 100 * 1024 * 1024
+
+
+@dataclass
+class FakeCluster:
+    """A running fake multi-node cluster: how to reach it and where its files are."""
+
+    address: str
+    temp_dir: Path
+    config_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    session_id: int = 0
+
+    def driver_env(self) -> dict[str, str]:
+        """The environment of a driver process that joins this cluster (auth + address)."""
+        env = dict(os.environ)
+        env.update(self.env)
+        env["RAY_ADDRESS"] = self.address
+        return env
+
+    def monitor_log(self) -> Path:
+        """The autoscaler's log (its scaling decisions) in the current session dir."""
+        return self.temp_dir / "session_latest" / "logs" / "monitor.log"
+
+    def autoscaler_events(self) -> list[tuple[float, str]]:
+        """The autoscaler's scaling decisions and event summaries, as (unix time, message),
+        read from its log: "Queue 1 new nodes for launch", "Adding 1 node(s) of type host.",
+        "Terminating the node with id ... (idle)", "Removing 1 nodes of type host (idle)."."""
+        path = self.monitor_log()
+        if not path.exists():
+            return []
+        events = []
+        for line in path.read_text(errors="replace").splitlines():
+            for marker in _EVENT_MARKERS:
+                _, found, rest = line.partition(marker)
+                if found:
+                    # Lines start "2026-11-27 05:11:13,165\tINFO ...", in local time.
+                    when = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+                    message = rest if marker.startswith(":") else marker.split(": ")[1] + rest
+                    events.append((when.timestamp(), message.strip()))
+                    break
+        return events
+
+    def pids(self) -> list[int]:
+        """Every live process of this cluster (same session id as the head's ``ray start``)."""
+        return session_pids(self.session_id)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def autoscaling_config(
+    node_types: Mapping[str, FakeNodeType],
+    *,
+    gcs_address: str,
+    head_resources: Mapping[str, float],
+    idle_timeout_minutes: float,
+    upscaling_speed: float = 1.0,
+) -> dict[str, Any]:
+    """The cluster-launcher config the head's autoscaler runs with the fake provider."""
+    max_workers = sum(t.max_workers for t in node_types.values())
+    types: dict[str, Any] = {
+        HEAD_NODE_TYPE: {"resources": dict(head_resources), "node_config": {}, "max_workers": 0}
+    }
+    for name, node_type in node_types.items():
+        resources = dict(node_type.resources)
+        resources.setdefault("object_store_memory", node_type.object_store_memory)
+        types[name] = {
+            "resources": resources,
+            "node_config": {},
+            "min_workers": node_type.min_workers,
+            "max_workers": node_type.max_workers,
+        }
+    return {
+        "cluster_name": "warbler-fake",
+        "max_workers": max_workers,
+        "provider": {
+            "type": "fake_multinode",
+            # Without it the provider joins workers to <node ip>:6379, Redis's port.
+            "gcs_address": gcs_address,
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+        },
+        "available_node_types": types,
+        "head_node_type": HEAD_NODE_TYPE,
+        "auth": {},
+        "upscaling_speed": upscaling_speed,
+        "idle_timeout_minutes": idle_timeout_minutes,
+        "docker": {},
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+    }
+
+
+def session_pids(session_id: int) -> list[int]:
+    """Live processes whose session id is ``session_id`` (Linux /proc)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            if os.getsid(pid) == session_id:
+                pids.append(pid)
+        except OSError:  # exited between listdir and getsid
+            continue
+    return pids
+
+
+def _signal_all(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _wait_gone(members: Callable[[], list[int]], timeout_s: float) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while (left := members()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def stop_session(leader: subprocess.Popen[bytes], *, grace_s: float = 15.0) -> None:
+    """Stop every process of the session ``leader`` leads, by PID.
+
+    First SIGTERM to the leader (``ray start --block``), which shuts its own node down in order;
+    then SIGTERM to what is left of the session (the fake worker nodes the autoscaler started,
+    their workers), and SIGKILL to anything that outlives ``grace_s``. ``leader`` is our child
+    and is reaped last, so its PID (the session id) cannot be reused by an unrelated process
+    while we look for the session's members.
+    """
+    session_id = leader.pid
+    if session_id == os.getsid(0):
+        raise RuntimeError("refusing to stop the caller's own session")
+
+    def members() -> list[int]:
+        # The leader counts until it has exited (a zombie still has its session id).
+        return [p for p in session_pids(session_id) if p != session_id or leader.poll() is None]
+
+    logger.info("stopping fake cluster session %d: %d processes", session_id, len(members()))
+    _signal_all([session_id], signal.SIGTERM)
+    try:
+        leader.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        logger.warning("`ray start --block` (pid %d) outlived SIGTERM by %ss", session_id, grace_s)
+    _signal_all(members(), signal.SIGTERM)
+    left = _wait_gone(members, grace_s)
+    if left:
+        logger.warning("SIGKILL to %d processes that outlived SIGTERM: %s", len(left), left)
+        _signal_all(left, signal.SIGKILL)
+        left = _wait_gone(members, grace_s)
+    if left:
+        logger.error("processes of session %d survived SIGKILL: %s", session_id, left)
+    leader.wait(timeout=grace_s)
+
+
+def _wait_for_gcs(leader: subprocess.Popen[bytes], port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if leader.poll() is not None:
+            raise RuntimeError(f"`ray start --head` exited with {leader.returncode}")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"the fake cluster's GCS did not listen on port {port} in {timeout_s}s")
+
+
+@contextmanager
+def fake_cluster(
+    node_types: Mapping[str, FakeNodeType],
+    *,
+    head_cpus: int = 1,
+    head_resources: Mapping[str, float] | None = None,
+    idle_timeout_minutes: float = 0.1,
+    autoscaler_interval_s: int = 1,
+    start_timeout_s: float = 90.0,
+    extra_env: Mapping[str, str] | None = None,
+) -> Iterator[FakeCluster]:
+    """Start a head with the fake-provider autoscaler; yield it; stop all its processes.
+
+    ``node_types`` are the worker node types (e.g. ``{"host": FakeNodeType({"CPU": 1,
+    "warbler_host": 1})}``). The head carries ``head_cpus`` CPUs and ``head_resources`` and no
+    node type's custom resources, so demand for those can only be met by a new node.
+    """
+    # Short path: Ray puts unix sockets under it and they are limited to ~107 bytes.
+    temp_dir = Path(tempfile.mkdtemp(prefix="wfc-", dir="/tmp"))
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    token_path = temp_dir / "auth_token"
+    token_path.write_text(secrets.token_hex(32))
+    token_path.chmod(0o600)
+    config_path = temp_dir / "autoscaling.yaml"
+    head_res = {"CPU": float(head_cpus), **dict(head_resources or {})}
+    config = autoscaling_config(
+        node_types,
+        gcs_address=address,
+        head_resources=head_res,
+        idle_timeout_minutes=idle_timeout_minutes,
+    )
+    config_path.write_text(yaml.safe_dump(config))
+
+    cluster_env = {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token_path),
+        # With "cluster mode" off, Ray's node-IP lookup answers 127.0.0.1 instead of this
+        # machine's eth0 address: the head binds loopback only, so drivers and the worker
+        # raylets the fake provider starts (it passes no IP) must resolve it the same way.
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    }
+    env = dict(os.environ)
+    env.update(cluster_env)
+    env.update(
+        {
+            "RAY_FAKE_CLUSTER": "1",
+            "AUTOSCALER_UPDATE_INTERVAL_S": str(autoscaler_interval_s),
+            "RAY_USAGE_STATS_ENABLED": "0",
+            # Nothing to drain in a test cluster: SIGTERM should stop the head at once.
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+        }
+    )
+    # A driver of another cluster may have left these; they would point our head elsewhere.
+    env.pop("RAY_ADDRESS", None)
+    env.update(extra_env or {})
+    cmd = [
+        str(Path(sys.executable).with_name("ray")),
+        "start",
+        "--head",
+        # --block keeps `ray start` alive as the session leader (see stop_session).
+        "--block",
+        f"--port={port}",
+        "--node-ip-address=127.0.0.1",
+        f"--num-cpus={head_cpus}",
+        f"--resources={json.dumps(dict(head_resources or {}))}",
+        "--object-store-memory=100000000",
+        f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        # Ray 2.60 starts a dashboard process even with --include-dashboard=false, on 8265 with
+        # no retries: give it a free port so it never collides with another cluster's.
+        "--include-dashboard=false",
+        f"--dashboard-port={free_port()}",
+        f"--temp-dir={temp_dir}",
+        f"--autoscaling-config={config_path}",
+        "--disable-usage-stats",
+    ]
+    log_path = temp_dir / "ray-start.log"
+    with log_path.open("wb") as log:
+        # A new session: every process of this cluster shares it, so we can find and stop them.
+        leader = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    cluster = FakeCluster(
+        address=address,
+        temp_dir=temp_dir,
+        config_path=config_path,
+        env=cluster_env,
+        session_id=leader.pid,
+    )
+    try:
+        try:
+            _wait_for_gcs(leader, port, start_timeout_s)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}; its output: {log_path.read_text()[-4000:]}") from exc
+        logger.info("fake cluster up at %s (session %d)", address, leader.pid)
+        yield cluster
+    finally:
+        stop_session(leader)
+        shutil.rmtree(temp_dir, ignore_errors=True)
