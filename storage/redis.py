@@ -88,9 +88,9 @@ class EmbeddedRedis:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + _START_TIMEOUT_S
-        while time.monotonic() < deadline and _pid_alive(pid):
+        while time.monotonic() < deadline and process_alive(pid):
             time.sleep(0.05)
-        if _pid_alive(pid):
+        if process_alive(pid):
             logger.warning("embedded Redis pid %s ignored SIGTERM; killing it", pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -106,7 +106,7 @@ class EmbeddedRedis:
 
     def _alive(self) -> bool:
         pid = self.pid()
-        if pid is None or not _pid_alive(pid) or not self.socket_path.exists():
+        if pid is None or not process_alive(pid) or not self.socket_path.exists():
             return False
         client = sync_redis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=2)
         try:
@@ -130,7 +130,10 @@ class EmbeddedRedis:
                     f"pidfile {self.pidfile}",
                     f"dir {self.data_dir}",
                     f"logfile {self.data_dir / 'redis.log'}",
-                    "dbfilename dump.rdb",
+                    # Nothing in Redis is the only copy of anything (SQL is the source of
+                    # truth), so no snapshots: shutdown never blocks on a failed final save.
+                    'save ""',
+                    "appendonly no",
                     "",
                 ]
             )
@@ -160,7 +163,8 @@ class EmbeddedRedis:
             os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True if ``pid`` is a running process (not a zombie waiting to be reaped)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

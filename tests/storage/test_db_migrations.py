@@ -56,7 +56,7 @@ def _head() -> str:
 
 
 def _schema_diff(conn: Connection) -> list[Any]:
-    diffs = compare_metadata(
+    diffs: list[Any] = compare_metadata(
         MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata
     )
     if conn.dialect.name in ("mysql", "mariadb"):
@@ -71,7 +71,8 @@ def _schema_diff(conn: Connection) -> list[Any]:
 
 async def _version(db: Database) -> str | None:
     async with db.engine.connect() as conn:
-        return await conn.scalar(text("SELECT version_num FROM alembic_version"))
+        version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+        return None if version is None else str(version)
 
 
 async def test_migrate_creates_every_table_from_empty(fresh_url: str) -> None:

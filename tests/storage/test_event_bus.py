@@ -1,0 +1,102 @@
+"""EventBus: publish / publish_many and the subscriber, over real Redis pub/sub."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+
+from storage import EventBus, Keys, Subscriber
+
+# Generous bounds for liveness only: a missing message fails the test instead of hanging it.
+WAIT_S = 10.0
+
+
+PROBE = b"__probe__"
+
+
+async def _take(sub: Subscriber, n: int) -> list[tuple[str, bytes]]:
+    """The next ``n`` events, skipping the probes sent by ``_wait_subscribed``."""
+    got: list[tuple[str, bytes]] = []
+    async for item in sub:
+        if item[1] != PROBE:
+            got.append(item)
+        if len(got) == n:
+            break
+    return got
+
+
+async def _wait_subscribed(bus: EventBus, channel: str) -> None:
+    # SUBSCRIBE returns before the server registers it; publish until someone hears.
+    for _ in range(200):
+        if await bus.publish(channel, PROBE):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"nobody subscribed to {channel}")
+
+
+async def test_publish_and_receive(redis: aioredis.Redis, keys: Keys) -> None:
+    bus = EventBus(redis, keys)
+    async with bus.subscriber() as sub:
+        await sub.subscribe(keys.conv_channel(1), keys.user_channel(2))
+        assert sub.channels == {keys.conv_channel(1), keys.user_channel(2)}
+        await _wait_subscribed(bus, keys.conv_channel(1))
+        await _wait_subscribed(bus, keys.user_channel(2))
+        reader = asyncio.create_task(_take(sub, 3))
+        assert await bus.publish(keys.conv_channel(1), b"m1") == 1
+        await bus.publish_many(
+            [(keys.user_channel(2), b"\x00binary\xff"), (keys.conv_channel(1), b"m2")]
+        )
+        got = await asyncio.wait_for(reader, WAIT_S)
+    assert got == [
+        (keys.conv_channel(1), b"m1"),
+        (keys.user_channel(2), b"\x00binary\xff"),
+        (keys.conv_channel(1), b"m2"),
+    ]
+
+
+async def test_publish_many_keeps_order(redis: aioredis.Redis, keys: Keys) -> None:
+    bus = EventBus(redis, keys)
+    channel = keys.conv_channel(9)
+    async with bus.subscriber() as sub:
+        await sub.subscribe(channel)
+        await _wait_subscribed(bus, channel)
+        reader = asyncio.create_task(_take(sub, 200))
+        await bus.publish_many([(channel, str(i).encode()) for i in range(100)])
+        await bus.publish_many([])
+        await bus.publish_many([(channel, str(i).encode()) for i in range(100, 200)])
+        got = await asyncio.wait_for(reader, WAIT_S)
+    assert [p for _, p in got] == [str(i).encode() for i in range(200)]
+
+
+async def test_unsubscribe_stops_delivery(redis: aioredis.Redis, keys: Keys) -> None:
+    bus = EventBus(redis, keys)
+    a, b = keys.conv_channel(1), keys.conv_channel(2)
+    async with bus.subscriber() as sub:
+        await sub.subscribe(a, b)
+        await _wait_subscribed(bus, a)
+        await _wait_subscribed(bus, b)
+        await sub.unsubscribe(a)
+        for _ in range(200):  # wait until the server has dropped the subscription
+            if await bus.publish(a, PROBE) == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert await bus.publish(a, b"lost") == 0
+        assert await bus.publish(b, b"kept") == 1
+        received = await asyncio.wait_for(_take(sub, 1), WAIT_S)
+    assert received == [(b, b"kept")]
+
+
+async def test_close_ends_iteration(redis: aioredis.Redis, keys: Keys) -> None:
+    bus = EventBus(redis, keys)
+    sub = bus.subscriber()
+    await sub.subscribe(keys.user_channel(1))
+    reader = asyncio.create_task(_take(sub, 1))
+    await asyncio.sleep(0.05)
+    await sub.close()
+    assert await asyncio.wait_for(reader, WAIT_S) == []
+
+
+async def test_namespaces_do_not_cross(redis: aioredis.Redis, keys: Keys) -> None:
+    other = Keys(keys.namespace + "x")
+    assert await EventBus(redis, other).publish(other.conv_channel(1), b"x") == 0
