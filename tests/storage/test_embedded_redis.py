@@ -156,7 +156,7 @@ def test_socket_path_too_long_is_a_clear_error(tmp_path: Path) -> None:
 def test_resolve_redis_url(redis_dir: Path) -> None:
     given = Settings(redis_url="redis://127.0.0.1:6379/3", data_dir=redis_dir)
     assert resolve_redis_url(given) == ("redis://127.0.0.1:6379/3", None)
-    url, embedded = resolve_redis_url(Settings(data_dir=redis_dir))
+    url, embedded = resolve_redis_url(Settings(data_dir=redis_dir, redis_url=None))
     try:
         assert embedded is not None and url == embedded.url
         assert url.startswith("unix://") and _ping(url)
