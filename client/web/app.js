@@ -36,6 +36,7 @@
     typing: new Map(), // conversation id -> Map(user id -> expiry ms)
     pending: new Map(), // client_msg_id -> {frame, conversationId}
     failed: [], // sends the server refused, shown with the reason
+    everOpen: false, // a socket was open before: the next one is a resume
     current: null,
     lastTypingSent: 0,
     frames: Promise.resolve(), // frames are handled one at a time, in arrival order
@@ -284,6 +285,8 @@
         state.pingTimer = setInterval(() => sendFrame({ type: "ping" }), PING_EVERY_MS);
         // Unacked sends go out again with the same client_msg_id: stored once either way.
         for (const p of state.pending.values()) sendFrame(p.frame);
+        if (state.everOpen) refreshAfterResume();
+        state.everOpen = true;
         break;
       case "message":
         await applyMessage(frame);
@@ -315,6 +318,24 @@
       default:
         break; // pong, history_page, and frames newer than this page
     }
+  }
+
+  // Receipts and read positions are not replayed on resume (messages are): refetch them.
+  async function refreshAfterResume() {
+    try {
+      for (const s of await api.conversations()) {
+        const c = state.convs.get(s.id);
+        if (!c) continue;
+        c.read_seq = Math.max(c.read_seq || 0, s.read_seq || 0);
+        c.last_seq = Math.max(c.last_seq || 0, s.last_seq || 0);
+        c.unread = s.id === state.current ? 0 : Math.max(0, c.last_seq - c.read_seq);
+      }
+      if (state.current) await loadConversation(state.current);
+    } catch (err) {
+      return; // best effort: the next receipt or reconnect corrects it
+    }
+    renderConversations();
+    if (state.current) renderMessages(false);
   }
 
   // ---------------------------------------------------------------------------------------
@@ -788,6 +809,7 @@
     state.failed = [];
     state.current = null;
     state.wsOpen = false;
+    state.everOpen = false;
   }
 
   function signOut(message) {
