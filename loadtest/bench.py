@@ -1,0 +1,173 @@
+"""End-to-end benchmarks: ``python -m loadtest.bench <scenario>`` (or ``warbler bench``).
+
+Each scenario runs against the baseline relay (started here, on this machine) and against
+Warbler (a running cluster given with ``--host``, or one started here through ``warbler up``),
+then prints a table and one JSON line. Progress goes to stderr; the table and the JSON to stdout.
+Every loop is bounded in count and time, and only 127.0.0.1 is contacted.
+
+Examples::
+
+    python -m loadtest.bench direct --host http://127.0.0.1:8000
+    python -m loadtest.bench group --members 100,1000
+    python -m loadtest.bench all --baseline-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from loadtest.generator import raise_fd_limit
+from loadtest.report import Figures, ScenarioResult, json_line, render_table
+from loadtest.scenarios import SCENARIOS, BenchOptions, Scenario
+from loadtest.servers import Target, relay_target, warbler_cluster, warbler_target_at
+from warbler.errors import ErrorCode, WarblerError
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line of the bench."""
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest.bench", description="Warbler's end-to-end benchmarks."
+    )
+    p.add_argument("scenario", choices=[*SCENARIOS, "all"])
+    p.add_argument("--host", help="a running Warbler cluster (http://127.0.0.1:PORT); "
+                   "default: start one with `warbler up` and stop it after")
+    p.add_argument("--data-dir", type=Path, default=Path(".warbler-bench"),
+                   help="data dir of a cluster the bench starts (accounts persist there)")
+    p.add_argument("--token-cache", type=Path, default=None,
+                   help="refresh-token cache for --host (default: <data-dir>/bench-accounts.json)")
+    side = p.add_mutually_exclusive_group()
+    side.add_argument("--baseline-only", action="store_true", help="measure only the relay")
+    side.add_argument("--no-baseline", action="store_true", help="measure only Warbler")
+    p.add_argument("--workers", type=int, default=2, help="load generator processes")
+    p.add_argument("--duration", type=float, default=6.0, help="seconds per measured phase")
+    p.add_argument("--pairs", type=int, default=100, help="direct: sender/receiver pairs")
+    p.add_argument("--window", type=int, default=8, help="direct: messages in flight per sender")
+    p.add_argument("--members", default="100,1000", help="group: sizes, comma-separated")
+    p.add_argument("--sockets", type=int, default=20_000, help="connections: sockets to open")
+    p.add_argument("--missed", type=int, default=10_000, help="sync: messages missed")
+    p.add_argument("--body-bytes", type=int, default=64, help="message body size")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target is not met")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def options_from(args: argparse.Namespace) -> BenchOptions:
+    """BenchOptions from the parsed command line (bad values are refused)."""
+    try:
+        members = [int(m) for m in str(args.members).split(",") if m.strip()]
+    except ValueError:
+        raise WarblerError(
+            ErrorCode.VALIDATION, f"--members: not integers: {args.members}"
+        ) from None
+    bad = [
+        name for name, value, low in (
+            ("--workers", args.workers, 1), ("--pairs", args.pairs, 1),
+            ("--window", args.window, 1), ("--sockets", args.sockets, 1),
+            ("--missed", args.missed, 1), ("--body-bytes", args.body_bytes, 20),
+        ) if value < low
+    ]
+    if args.duration <= 0:
+        bad.append("--duration")
+    if not members or min(members) < 2 or max(members) > 1000:
+        bad.append("--members (each 2-1000)")
+    if bad:
+        raise WarblerError(ErrorCode.VALIDATION, f"out of range: {', '.join(bad)}")
+    return BenchOptions(
+        workers=args.workers,
+        duration_s=args.duration,
+        pairs=args.pairs,
+        window=args.window,
+        members=members,
+        sockets=args.sockets,
+        missed=args.missed,
+        body_bytes=args.body_bytes,
+    )
+
+
+@contextlib.contextmanager
+def warbler(args: argparse.Namespace) -> Iterator[Target]:
+    """The Warbler side: the cluster at --host, or one started (and stopped) here."""
+    if args.host:
+        host = urlsplit(args.host).hostname
+        if host not in LOOPBACK:
+            raise WarblerError(ErrorCode.VALIDATION, "--host must be on 127.0.0.1 (loopback)")
+        cache = args.token_cache or args.data_dir / "bench-accounts.json"
+        yield warbler_target_at(args.host, cache)
+        return
+    with warbler_cluster(args.data_dir.resolve()) as target:
+        yield target
+
+
+def _measure(
+    name: str, scenario: Scenario, target: Target, options: BenchOptions
+) -> tuple[Figures | None, list[str]]:
+    logger.info("%s: measuring %s", name, target.name)
+    try:
+        return scenario.measure(target, options)
+    except WarblerError as exc:
+        logger.error("%s on %s failed: %s %s", name, target.name, exc, exc.details or "")
+        return None, [f"{target.name}: failed: {exc.code.value}: {exc.message}"]
+
+
+def run(args: argparse.Namespace) -> list[ScenarioResult]:
+    """Run the chosen scenarios; print each table and JSON line as it completes."""
+    options = options_from(args)
+    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    results: list[ScenarioResult] = []
+    baselines: dict[str, tuple[Figures | None, list[str]]] = {}
+    if not args.no_baseline:
+        for name in names:
+            scenario = SCENARIOS[name]
+            if scenario.baseline:
+                with relay_target() as relay:
+                    baselines[name] = _measure(name, scenario, relay, options)
+    ours: dict[str, tuple[Figures | None, list[str]]] = {}
+    if not args.baseline_only:
+        with warbler(args) as target:
+            for name in names:
+                ours[name] = _measure(name, SCENARIOS[name], target, options)
+    for name in names:
+        warbler_figures, warbler_limits = ours.get(name, (None, ["warbler: not measured"]))
+        base_figures, base_limits = baselines.get(name, (None, []))
+        result = SCENARIOS[name].result(
+            warbler_figures, base_figures, warbler_limits + base_limits, options
+        )
+        print(render_table(result))
+        print(json_line(result), flush=True)
+        results.append(result)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # One line per HTTP request would drown the progress lines.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    raise_fd_limit()
+    try:
+        results = run(args)
+    except WarblerError as exc:
+        print(f"bench: {exc.code.value}: {exc.message}", file=sys.stderr)
+        return 2
+    if args.strict and not all(r.target_met for r in results):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The systems under test: the baseline relay (a child process) and a Warbler cluster.
+
+`Target` is what a scenario needs of either: URLs, the server's processes (for CPU and memory),
+a token cache, and for Warbler the processes a fault can kill (host workers, gateway replicas).
+The relay is started here and stopped by its PID. Warbler is either a running cluster
+(``--host``) or one this module starts through ``serve.launcher`` and stops again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from loadtest.accounts import TokenCache
+from loadtest.procstats import pids_titled, ray_node_pids
+from serve.ingress import free_port
+from warbler.errors import ErrorCode, WarblerError
+from warbler.protocol import WS_PATH
+
+logger = logging.getLogger(__name__)
+
+HOST_TITLE = "ray::ActorHost"
+REPLICA_TITLE = "ray::ServeReplica"
+
+
+@dataclass
+class Target:
+    """One system under test, as the scenarios see it."""
+
+    name: str
+    base_url: str
+    server_pids: Callable[[], list[int]]
+    cache: TokenCache | None = None
+    kill_targets: dict[str, Callable[[], list[int]]] = field(default_factory=dict)
+
+    @property
+    def ws_url(self) -> str:
+        """The WebSocket endpoint under the base URL."""
+        scheme, rest = self.base_url.split("://", 1)
+        return f"{'wss' if scheme == 'https' else 'ws'}://{rest.rstrip('/')}{WS_PATH}"
+
+
+def wait_healthy(base_url: str, timeout_s: float, path: str = "/healthz") -> None:
+    """Poll ``path`` until it answers 200; WarblerError(UNAVAILABLE) after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(base_url.rstrip("/") + path, timeout=2.0)
+            if response.status_code == 200:
+                return
+            last = response.status_code
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.1)
+    raise WarblerError(ErrorCode.UNAVAILABLE, f"{base_url}{path} not healthy: {last!r}")
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
+    """SIGTERM one process we started, then SIGKILL it if it lingers (by its PID only)."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        logger.warning("pid %s ignored SIGTERM; killing it", proc.pid)
+        proc.kill()
+        proc.wait(5)
+
+
+@contextlib.contextmanager
+def relay_target(ws_impl: str = "auto", startup_s: float = 30.0) -> Iterator[Target]:
+    """The baseline relay in a child process on a free loopback port, for the block's life."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "loadtest.baseline_relay", "--port", str(port), "--ws", ws_impl]
+    proc = subprocess.Popen(cmd)
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        wait_healthy(base_url, startup_s)
+        yield Target(name="relay", base_url=base_url, server_pids=lambda: [proc.pid])
+    finally:
+        stop_process(proc)
+
+
+def _node_pids(base_url: str) -> Callable[[], list[int]]:
+    port = urlsplit(base_url).port or 80
+
+    def pids() -> list[int]:
+        return ray_node_pids(port)
+
+    return pids
+
+
+def _titled(base_url: str, title: str) -> Callable[[], list[int]]:
+    node = _node_pids(base_url)
+
+    def pids() -> list[int]:
+        return pids_titled(node(), title)
+
+    return pids
+
+
+def warbler_target_at(base_url: str, cache_path: Path | None) -> Target:
+    """A running Warbler cluster at ``base_url`` (its processes are found by its port)."""
+    wait_healthy(base_url, 10.0, "/readyz")
+    return Target(
+        name="warbler",
+        base_url=base_url.rstrip("/"),
+        server_pids=_node_pids(base_url),
+        cache=TokenCache(cache_path) if cache_path is not None else None,
+        kill_targets={
+            "host": _titled(base_url, HOST_TITLE),
+            "gateway replica": _titled(base_url, REPLICA_TITLE),
+        },
+    )
+
+
+@contextlib.contextmanager
+def warbler_cluster(data_dir: Path, startup_s: float = 300.0) -> Iterator[Target]:
+    """A Warbler cluster started for the benchmark with ``warbler up`` and stopped after it.
+
+    The cluster gets its own data dir (accounts persist there between runs) and a send rate
+    limit far above what the bench offers, so the figures measure the system, not the limiter.
+    """
+    if importlib.util.find_spec("serve.launcher") is None:
+        raise WarblerError(
+            ErrorCode.CONFIG,
+            "serve.launcher is not available in this checkout: start a cluster and pass --host",
+        )
+    port = free_port()
+    env = {
+        "WARBLER_DATA_DIR": str(data_dir),
+        "WARBLER_HTTP_PORT": str(port),
+        "WARBLER_SEND_RATE_PER_S": "1000000",
+        "WARBLER_SEND_BURST": "1000000",
+    }
+    base_url = f"http://127.0.0.1:{port}"
+    up = _warbler_cmd("up")
+    proc = subprocess.Popen(up, env=_env(env))
+    try:
+        wait_healthy(base_url, startup_s, "/readyz")
+        target = warbler_target_at(base_url, data_dir / "bench-accounts.json")
+        yield target
+    finally:
+        down = subprocess.run(_warbler_cmd("down"), env=_env(env), timeout=120, check=False)
+        if down.returncode != 0:
+            logger.warning("warbler down exited %s", down.returncode)
+        stop_process(proc)
+
+
+def _warbler_cmd(verb: str) -> list[str]:
+    return [sys.executable, "-m", "warbler.cli", verb]
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    import os
+
+    env = dict(os.environ)
+    env.update(extra)
+    return env
