@@ -165,8 +165,13 @@ class Ownership:
 
     @property
     def epoch(self) -> int:
-        """The newest epoch this host knows of."""
+        """The newest epoch this host knows of (a pending one during a move)."""
         return max((m.epoch for m in self.maps), default=0)
+
+    @property
+    def committed_epoch(self) -> int:
+        """The epoch of the committed map (callers only ever route by committed maps)."""
+        return self.maps[0].epoch if self.maps else 0
 
     def owns(self, key: str) -> bool:
         """True when this host may activate and serve ``key``."""

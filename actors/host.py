@@ -131,7 +131,9 @@ class HostCore:
     async def handle_batch(self, epoch: int, envelopes: list[Envelope]) -> BatchReply:
         """Deliver every envelope and answer in order: a value, or a WarblerError for that
         envelope alone (STALE_EPOCH when this host does not serve the key)."""
-        if epoch > self.ownership.epoch:
+        if epoch > self.ownership.committed_epoch:
+            # The caller has seen a map committed after ours (maybe the move we hold as
+            # pending): reload before judging ownership.
             await self.refresh_map()
         self.batches += 1
         self.envelopes += len(envelopes)
@@ -141,11 +143,11 @@ class HostCore:
             if key == NEW_CONVERSATION_KEY:
                 self._spawn_factory(message, reply, index)
             elif self._stopping or not owns(key):
-                reply.set(index, stale_epoch(key, self.name, self.ownership.epoch))
+                reply.set(index, stale_epoch(key, self.name, self.ownership.committed_epoch))
             else:
                 self._deliver(key, message, reply, index)
         await reply.done
-        return self.ownership.epoch, reply.results
+        return self.ownership.committed_epoch, reply.results
 
     def _deliver(self, key: str, message: object, reply: Reply, index: int) -> None:
         activation = self._table.get(key)
@@ -182,7 +184,7 @@ class HostCore:
     ) -> None:
         await asyncio.shield(closing)
         if self._stopping or not self.ownership.owns(key):
-            reply.set(index, stale_epoch(key, self.name, self.ownership.epoch))
+            reply.set(index, stale_epoch(key, self.name, self.ownership.committed_epoch))
         else:
             self._deliver(key, message, reply, index)
 

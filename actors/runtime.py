@@ -118,7 +118,7 @@ class Runtime:
         for index, future in enumerate(futures):
             exc = future.exception()
             value = exc if exc is not None else future.result()
-            if _needs_retry(value):
+            if _needs_retry(value) or isinstance(value, Redirect):
                 retry.append(index)
                 results.append(None)
             elif isinstance(value, BaseException) and not isinstance(value, WarblerError):

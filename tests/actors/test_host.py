@@ -193,3 +193,41 @@ async def test_activation_from_sql_alone_after_redis_lost_the_checkpoints(
     assert [i.last_seq for i in infos] == [2] * 4
     events = await batch(second, [(k, Append(owner.id, f"y{k}", "text", {})) for k in keys])
     assert [e.seq for e in events] == [3] * 4
+
+
+async def test_no_host_serves_a_moving_key_until_the_move_commits(
+    host_factory: HostFactory, make_user: MakeUser, test_settings: Settings, redis: aioredis.Redis
+) -> None:
+    store = DirectoryStore(redis, Keys(test_settings.namespace))
+    old = initial_map(["host-a"], test_settings.num_shards)
+    await store.create(old)
+    a = await host_factory("host-a")
+    owner = await make_user("o")
+    keys = [await new_group(a, owner, []) for _ in range(6)]
+    new = with_host_added(old, "host-b")
+    b = await host_factory("host-b")
+    moving = [k for k in keys if new.owner(k) == "host-b"]
+    assert moving
+
+    async def ask_host(host: HostCore, epoch: int, key: str) -> Any:
+        _, [result] = await host.handle_batch(epoch, [(key, GetInfo(owner.id))])
+        return result
+
+    def stale(result: Any) -> bool:
+        return isinstance(result, WarblerError) and result.code == ErrorCode.STALE_EPOCH
+
+    # Steps 1-2: pending recorded, the old owner released. Callers with either map are
+    # refused by both hosts, and a host starting now (a restart) refuses too.
+    await store.begin(old.epoch, new)
+    await a.release(new)
+    late = await host_factory("host-b")
+    for key in moving:
+        assert not a.is_active(key)
+        assert stale(await ask_host(a, 1, key))
+        assert stale(await ask_host(b, 2, key))  # b reloads the map: the move is pending
+        assert stale(await ask_host(late, 2, key))
+    # Step 3: committed. The new owner serves (it reloads on the caller's newer epoch).
+    await store.commit(new)
+    for key in moving:
+        assert isinstance(await ask_host(b, 2, key), ConversationInfo)
+        assert stale(await ask_host(a, 2, key))
