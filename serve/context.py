@@ -79,6 +79,7 @@ class GatewayContext:
         chat = ChatHandler(
             settings,
             calls,
+            runtime.call,
             ConversationStore(db),
             PresenceCache(redis, keys),
             bus,

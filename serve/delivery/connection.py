@@ -153,12 +153,18 @@ class Connection:
         self.send(msg.text)
         return None
 
-    def send_history(self, conversation_id: int, seq: int, text: str) -> None:
-        """Send a message read from the log (sync or gap fill) if this socket lacks it."""
+    def send_history(
+        self, conversation_id: int, seq: int, sender_id: int, client_msg_id: str, text: str
+    ) -> None:
+        """Send a message read from the log (sync or gap fill) if this socket lacks it (and
+        did not send it itself just now: that one was acked)."""
         have = self.delivered.get(conversation_id)
         if have is not None and seq <= have:
             return
         self.delivered[conversation_id] = seq
+        if sender_id == self.user_id and client_msg_id in self._own_sends:
+            del self._own_sends[client_msg_id]
+            return
         self.send(text)
 
     def forget(self, conversation_id: int) -> None:

@@ -224,7 +224,9 @@ class DeliveryHub:
         if cursor is None:
             page = await self._read_log(conn.user_id, conv, None, None, self._page_limit)
             for event in page:
-                conn.send_history(conv, event.seq, history_frame(event))
+                conn.send_history(
+                    conv, event.seq, event.sender_id, event.client_msg_id, history_frame(event)
+                )
             if not page:
                 conn.delivered.setdefault(conv, 0)
             return len(page) >= self._page_limit and page[0].seq > 1
@@ -232,7 +234,9 @@ class DeliveryHub:
         while True:
             page = await self._read_log(conn.user_id, conv, after, None, self._page_limit)
             for event in page:
-                conn.send_history(conv, event.seq, history_frame(event))
+                conn.send_history(
+                    conv, event.seq, event.sender_id, event.client_msg_id, history_frame(event)
+                )
             if len(page) < self._page_limit or conn.closed:
                 return False
             after = page[-1].seq
@@ -371,7 +375,9 @@ class DeliveryHub:
                         break
                     text = history_frame(event)
                     for conn in conns:
-                        conn.send_history(conv, event.seq, text)
+                        conn.send_history(
+                            conv, event.seq, event.sender_id, event.client_msg_id, text
+                        )
                 if len(page) < self._page_limit:
                     break
                 after = page[-1].seq

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from actors.events import conversation_payload
@@ -27,6 +29,7 @@ from actors.messages import (
     SetRole,
 )
 from actors.names import NEW_CONVERSATION_KEY, conv_key, user_key
+from actors.publisher import Publisher
 from serve.batching import CallCoalescer
 from serve.convert import (
     ack_public,
@@ -74,6 +77,7 @@ class ChatHandler:
         self,
         settings: Settings,
         calls: CallCoalescer,
+        call_one: Callable[[str, object], Awaitable[object]],
         conversations: ConversationStore,
         presence: PresenceCache,
         bus: EventBus,
@@ -81,13 +85,19 @@ class ChatHandler:
     ) -> None:
         self._settings = settings
         self._calls = calls
+        # Runtime.call, for the "conv:new" factory: its answer is a redirect that call()
+        # follows (call_many does not, as of this writing), and creations are rare.
+        self._call_one = call_one
         self._conversations = conversations
         self._presence = presence
-        self._bus = bus
         self._keys = keys
         self._limiter = SendRateLimiter(settings.send_rate_per_s, settings.send_burst)
         # (low user id, high user id) -> direct conversation id; never changes once known.
         self._direct: dict[tuple[int, int], int] = {}
+        self._direct_pending: dict[tuple[int, int], asyncio.Future[ConversationInfo]] = {}
+        # Gateway-made events (typing, presence, new direct conversations) leave in batches:
+        # one pipeline per event-loop tick, however many sockets publish at once.
+        self._publisher = Publisher(bus)
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -173,7 +183,7 @@ class ChatHandler:
     async def typing(self, user_id: int, conversation_id: int, active: bool) -> None:
         """Tell the other members' sockets (ephemeral; one publish, no storage)."""
         frame = TypingEventFrame(conversation_id=conversation_id, user_id=user_id, active=active)
-        await self._bus.publish(
+        self._publisher.publish(
             self._keys.conv_channel(conversation_id), dump_frame(frame).encode()
         )
 
@@ -184,22 +194,29 @@ class ChatHandler:
         known = self._direct.get(pair)
         if known is not None:
             return known
-        info = await self.open_direct_info(user_id, peer_id)
+        # Single flight: a burst of first sends to one user opens the conversation once.
+        pending = self._direct_pending.get(pair)
+        if pending is None:
+            pending = asyncio.ensure_future(self.open_direct_info(user_id, peer_id))
+            self._direct_pending[pair] = pending
+            pending.add_done_callback(lambda _: self._direct_pending.pop(pair, None))
+        info = await asyncio.shield(pending)
         return info.conversation_id
 
     async def open_direct_info(self, user_id: int, peer_id: int) -> ConversationInfo:
         """Get or create the direct conversation of two users."""
         if peer_id == user_id:
             raise WarblerError(ErrorCode.BAD_REQUEST, "a direct conversation needs another user")
-        result = await self._calls.call(NEW_CONVERSATION_KEY, OpenDirect(user_id, peer_id))
+        result = await self._call_one(NEW_CONVERSATION_KEY, OpenDirect(user_id, peer_id))
         info = _expect(result, ConversationInfo)
         if info.last_seq == 0:
-            # A new (or still empty) direct conversation: make sure both users' gateways
-            # subscribe to it before the first message, as entities do for groups.
+            # A new (or still empty) direct conversation: tell both users' gateways, as
+            # entities do for groups, so they subscribe to it (and catch up its first page).
             payload = conversation_payload("added", info.conversation_id)
-            await self._bus.publish_many(
-                [(self._keys.user_channel(u), payload) for u in (user_id, peer_id)]
-            )
+            for uid in (user_id, peer_id):
+                self._publisher.publish(self._keys.user_channel(uid), payload)
+            # Out before the first message, so gateways usually subscribe in time for it.
+            await self._publisher.drain()
         if len(self._direct) >= _DIRECT_CACHE_MAX:
             self._direct.clear()
         self._direct[(min(user_id, peer_id), max(user_id, peer_id))] = info.conversation_id
@@ -212,7 +229,7 @@ class ChatHandler:
     async def create_group(self, user_id: int, body: GroupCreate) -> ConversationPublic:
         """A new group owned by the caller."""
         members = tuple(dict.fromkeys(u for u in body.member_ids if u != user_id))
-        result = await self._calls.call(
+        result = await self._call_one(
             NEW_CONVERSATION_KEY, CreateGroup(user_id, body.title, members)
         )
         event = _expect(result, MessageEvent)
@@ -318,7 +335,7 @@ class ChatHandler:
             f'{{"type":"presence","id":null,"user_id":{user_id},'
             f'"online":{"true" if online else "false"}}}'
         ).encode()
-        await self._bus.publish_many([(self._keys.conv_channel(c), payload) for c in direct_ids])
+        self._publisher.publish_many([(self._keys.conv_channel(c), payload) for c in direct_ids])
 
 
 def _as_event(message: Message) -> MessageEvent:
