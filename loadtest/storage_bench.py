@@ -51,6 +51,7 @@ class Result:
     group_n: int
     group_batches: int
     group_avg_batch: float
+    group_cpu_us_per_append: float
     single_appends_per_s: float
     single_n: int
     ratio: float
@@ -165,8 +166,9 @@ async def _drive(
     n: int,
     prefix: str,
     append: Callable[[MessageDraft, SeqCounter], Awaitable[object]],
-) -> float:
-    """Send ``n`` appends spread over the senders, each sender awaiting each ack; appends/s."""
+) -> tuple[float, float]:
+    """Send ``n`` appends spread over the senders, each sender awaiting each ack.
+    Returns appends/s and this process's CPU microseconds per append."""
     per_sender = max(1, n // len(pairs))
 
     async def sender(user_id: int, conv_id: int) -> None:
@@ -175,9 +177,11 @@ async def _drive(
             body = {"text": f"message {i} from {user_id}"}
             await append(MessageDraft(conv_id, user_id, f"{prefix}-{i}", "text", body), counter)
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(sender(u, c) for u, c in pairs))
-    return per_sender * len(pairs) / (time.perf_counter() - start)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    total = per_sender * len(pairs)
+    return total / elapsed, cpu / total * 1e6
 
 
 async def bench_engine(engine: str, url: str, n: int, concurrency: int, single_n: int) -> Result:
@@ -195,7 +199,7 @@ async def bench_engine(engine: str, url: str, n: int, concurrency: int, single_n
             await writer.start()
             await _drive(pairs, counters, len(pairs) * 2, "warm", writer.append)
             writer.batches = writer.appended = 0
-            group_rate = await _drive(pairs, counters, n, "group", writer.append)
+            group_rate, group_cpu = await _drive(pairs, counters, n, "group", writer.append)
             batches, appended = writer.batches, writer.appended
             await writer.stop()
 
@@ -208,7 +212,7 @@ async def bench_engine(engine: str, url: str, n: int, concurrency: int, single_n
                         counter.last_seq = before
                         raise
 
-            single_rate = await _drive(pairs, counters, single_n, "single", one_transaction)
+            single_rate, _ = await _drive(pairs, counters, single_n, "single", one_transaction)
         finally:
             await db.close()
     return Result(
@@ -217,6 +221,7 @@ async def bench_engine(engine: str, url: str, n: int, concurrency: int, single_n
         group_n=appended,
         group_batches=batches,
         group_avg_batch=round(appended / max(batches, 1), 1),
+        group_cpu_us_per_append=round(group_cpu, 1),
         single_appends_per_s=round(single_rate),
         single_n=max(1, single_n // len(pairs)) * len(pairs),
         ratio=round(group_rate / single_rate, 1),
@@ -263,7 +268,7 @@ def main() -> None:
     parser.add_argument(
         "--single-n", type=int, default=3_000, help="appends in one-transaction-per-message mode"
     )
-    parser.add_argument("--concurrency", type=int, default=500, help="concurrent senders")
+    parser.add_argument("--concurrency", type=int, default=2000, help="concurrent senders")
     parser.add_argument("--postgresql-url", default=DEFAULT_URLS["postgresql"])
     parser.add_argument("--mysql-url", default=DEFAULT_URLS["mysql"])
     args = parser.parse_args()

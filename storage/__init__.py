@@ -1,5 +1,6 @@
 """Warbler's data layer: SQL (SQLModel on SQLite, PostgreSQL, MySQL/MariaDB) and Redis."""
 
+from storage.appends import MessageDraft, SeqCounter, StoredMessage
 from storage.caches import CheckpointCache, IdempotencyCache, PresenceCache, RateLimiter
 from storage.checkpoints import CheckpointStore
 from storage.conversations import ConversationStore, ConversationSummary, direct_key
@@ -10,7 +11,7 @@ from storage.messages import MessageStore
 from storage.models import Checkpoint, Conversation, Membership, Message, RefreshToken, User
 from storage.redis import EmbeddedRedis, connect_redis, resolve_redis_url
 from storage.users import UserStore
-from storage.writer import GroupCommitWriter, MessageDraft, SeqCounter, StoredMessage
+from storage.writer import GroupCommitWriter
 
 __all__ = [
     "Checkpoint",

@@ -1,10 +1,10 @@
 """Group commit: many appends to many conversations share one transaction.
 
 Each conversation entity is the single writer of its log and owns a ``SeqCounter``. It hands
-its drafts to the process's ``GroupCommitWriter``, which queues them FIFO, and per batch runs one
-SELECT (already stored ``(sender_id, client_msg_id)`` pairs), assigns seqs in arrival order, runs
-one multi-row INSERT and commits. One transaction is in flight at a time, so batches, and the
-seqs they assign, commit in order. Only SQLAlchemy Core on this path: no ORM objects.
+its drafts to the process's ``GroupCommitWriter``, which queues them FIFO and commits them in
+batches (``storage.appends.write_batch``: one SELECT for duplicates, seqs in arrival order, one
+multi-row INSERT). One transaction is in flight at a time, so batches, and the seqs they assign,
+commit in order; if one fails its counters are restored and every caller in it gets the error.
 """
 
 from __future__ import annotations
@@ -12,180 +12,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime
-from typing import Any
+from dataclasses import dataclass, field
 
-from sqlalchemy import Table, insert, select, tuple_
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from storage.appends import (
+    MessageDraft,
+    SeqCounter,
+    StoredMessage,
+    validate_draft,
+    write_batch,
+)
 from storage.db import Database
-from storage.models import CLIENT_MSG_ID_MAX, KIND_MAX, Message
-from storage.types import utcnow
 from warbler.errors import ErrorCode, WarblerError
 
+__all__ = ["GroupCommitWriter", "MessageDraft", "SeqCounter", "StoredMessage"]
+
 logger = logging.getLogger(__name__)
-
-_messages: Table = Message.__table__  # type: ignore[attr-defined]
-_COLUMNS = (
-    _messages.c.id,
-    _messages.c.conversation_id,
-    _messages.c.seq,
-    _messages.c.sender_id,
-    _messages.c.client_msg_id,
-    _messages.c.kind,
-    _messages.c.body,
-    _messages.c.created_at,
-)
-
-
-@dataclass
-class SeqCounter:
-    """The last seq a conversation has assigned. Owned by the conversation entity's state; the
-    writer advances it as it assigns seqs and restores it if the transaction fails."""
-
-    last_seq: int = 0
-
-
-@dataclass(frozen=True)
-class MessageDraft:
-    """A message to append, before it has a seq."""
-
-    conversation_id: int
-    sender_id: int
-    client_msg_id: str
-    kind: str
-    body: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class StoredMessage:
-    """A committed message. ``duplicate`` is True when the ``(sender_id, client_msg_id)`` was
-    already stored: this is that stored message, and the append consumed no seq."""
-
-    id: int
-    conversation_id: int
-    seq: int
-    sender_id: int
-    client_msg_id: str
-    kind: str
-    body: dict[str, Any]
-    created_at: datetime
-    duplicate: bool = False
-
-    @classmethod
-    def from_row(cls, row: Any, *, duplicate: bool = False) -> StoredMessage:
-        """Build from a row holding the ``messages`` columns."""
-        return cls(
-            id=row.id,
-            conversation_id=row.conversation_id,
-            seq=row.seq,
-            sender_id=row.sender_id,
-            client_msg_id=row.client_msg_id,
-            kind=row.kind,
-            body=row.body,
-            created_at=row.created_at,
-            duplicate=duplicate,
-        )
-
-
-def validate_draft(draft: MessageDraft) -> None:
-    """Raise ``WarblerError(VALIDATION)`` for a draft the database would reject or truncate."""
-    if not draft.client_msg_id or len(draft.client_msg_id) > CLIENT_MSG_ID_MAX:
-        raise WarblerError(
-            ErrorCode.VALIDATION, f"client_msg_id must be 1-{CLIENT_MSG_ID_MAX} characters"
-        )
-    if not draft.kind or len(draft.kind) > KIND_MAX:
-        raise WarblerError(ErrorCode.VALIDATION, f"kind must be 1-{KIND_MAX} characters")
-    if not isinstance(draft.body, dict):
-        raise WarblerError(ErrorCode.VALIDATION, "body must be a JSON object")
-
-
-async def write_batch(
-    conn: AsyncConnection, items: Sequence[tuple[MessageDraft, SeqCounter]]
-) -> list[StoredMessage]:
-    """Store ``items`` inside the caller's transaction: one SELECT for duplicates, seqs from
-    each counter in order, one multi-row INSERT. Advances the counters; the caller restores them
-    if the transaction does not commit. Returns one result per item, in order."""
-    keys = list(dict.fromkeys((d.sender_id, d.client_msg_id) for d, _ in items))
-    existing: dict[tuple[int, str], StoredMessage] = {}
-    if keys:
-        rows = await conn.execute(
-            select(*_COLUMNS).where(
-                tuple_(_messages.c.sender_id, _messages.c.client_msg_id).in_(keys)
-            )
-        )
-        for row in rows:
-            existing[(row.sender_id, row.client_msg_id)] = StoredMessage.from_row(
-                row, duplicate=True
-            )
-
-    now = utcnow()
-    params: list[dict[str, Any]] = []
-    # Per item: an index into ``params`` (a new row) or the key of an earlier/stored message.
-    slots: list[int | tuple[int, str]] = []
-    first_in_batch: dict[tuple[int, str], int] = {}
-    for draft, counter in items:
-        key = (draft.sender_id, draft.client_msg_id)
-        if key in existing:
-            slots.append(key)
-            continue
-        if key in first_in_batch:
-            slots.append(key)
-            continue
-        counter.last_seq += 1
-        first_in_batch[key] = len(params)
-        slots.append(len(params))
-        params.append(
-            {
-                "conversation_id": draft.conversation_id,
-                "seq": counter.last_seq,
-                "sender_id": draft.sender_id,
-                "client_msg_id": draft.client_msg_id,
-                "kind": draft.kind,
-                "body": draft.body,
-                "created_at": now,
-            }
-        )
-
-    ids = await _insert(conn, params) if params else []
-    fresh = [
-        StoredMessage(id=row_id, created_at=now, duplicate=False, **_without_ts(p))
-        for row_id, p in zip(ids, params, strict=True)
-    ]
-    results: list[StoredMessage] = []
-    for slot in slots:
-        if isinstance(slot, int):
-            results.append(fresh[slot])
-        elif slot in existing:
-            results.append(existing[slot])
-        else:
-            results.append(replace(fresh[first_in_batch[slot]], duplicate=True))
-    return results
-
-
-def _without_ts(p: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in p.items() if k != "created_at"}
-
-
-async def _insert(conn: AsyncConnection, params: list[dict[str, Any]]) -> list[int]:
-    """One multi-row INSERT (SQLAlchemy's insertmanyvalues); the new ids in parameter order."""
-    if conn.dialect.insert_executemany_returning_sort_by_parameter_order:
-        stmt = insert(_messages).returning(_messages.c.id, sort_by_parameter_order=True)
-        result = await conn.execute(stmt, params)
-        return [row[0] for row in result]
-    # A driver without ordered RETURNING: insert, then read the ids back by the unique key.
-    await conn.execute(insert(_messages), params)
-    keys = [(p["sender_id"], p["client_msg_id"]) for p in params]
-    rows = await conn.execute(
-        select(_messages.c.id, _messages.c.sender_id, _messages.c.client_msg_id).where(
-            tuple_(_messages.c.sender_id, _messages.c.client_msg_id).in_(keys)
-        )
-    )
-    by_key = {(r.sender_id, r.client_msg_id): r.id for r in rows}
-    return [by_key[k] for k in keys]
 
 
 @dataclass
