@@ -368,6 +368,13 @@ def build_relay(limits: LimitsPublic | None = None) -> FastAPI:
     async def create_group(body: GroupCreate, user_id: CurrentUser) -> ConversationPublic:
         return state.add_conversation("group", body.title, [user_id, *body.member_ids]).public()
 
+    @app.get(f"{API_PREFIX}/conversations/{{conversation_id}}")
+    async def get_conversation(conversation_id: int, user_id: CurrentUser) -> ConversationPublic:
+        conv = state.conversations.get(conversation_id)
+        if conv is None or user_id not in conv.members:
+            raise WarblerError(ErrorCode.NOT_FOUND, "no such conversation")
+        return conv.public()
+
     @app.post(f"{API_PREFIX}/conversations/direct")
     async def open_direct(body: DirectCreate, user_id: CurrentUser) -> ConversationPublic:
         if body.user_id not in state.users:

@@ -24,6 +24,7 @@ import multiprocessing
 import multiprocessing.connection
 import resource
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -223,8 +224,14 @@ class _Worker:
         )
         return True
 
-    async def run_phase(self, phase: Phase, start_at: float) -> WorkerResult:
-        """Run one phase from ``start_at`` (wall clock) and return its measurements."""
+    async def run_phase(
+        self, phase: Phase, start_at: float, sent: Callable[[], Awaitable[None]]
+    ) -> WorkerResult:
+        """Run one phase from ``start_at`` (wall clock) and return its measurements.
+
+        ``sent`` is awaited once this worker's sending is over; it returns when every worker's
+        is (receivers must keep listening until the last sender is done), then the drain runs.
+        """
         if phase.reset_ledger:
             self.ledger = Ledger()
         if phase.timeline and self.ledger.timeline is None:
@@ -253,8 +260,7 @@ class _Worker:
             else:
                 await self._paced(phase, end)
             self.sending = False
-        else:
-            await asyncio.sleep(max(0.0, end - time.perf_counter()))
+        await sent()
         await self._drain(phase)
         self.phase = None
         return WorkerResult(
@@ -336,7 +342,14 @@ async def _worker_main(plan: WorkerPlan, pipe: multiprocessing.connection.Connec
                 break
             if command == "phase":
                 phase, start_at = args
-                pipe.send(("result", await worker.run_phase(phase, start_at)))
+
+                async def sent() -> None:
+                    pipe.send(("sent",))
+                    answer = await asyncio.to_thread(pipe.recv)
+                    if answer[0] != "drain":
+                        raise WarblerError(ErrorCode.INTERNAL, f"expected drain, got {answer!r}")
+
+                pipe.send(("result", await worker.run_phase(phase, start_at, sent)))
             elif command == "ping":
                 pipe.send(("pinged", *(await worker.ping_all(args[0]))))
             elif command == "stop":
@@ -444,9 +457,14 @@ class GeneratorPool:
         return start_at
 
     def collect(self, phase: Phase, extra_s: float = 30.0) -> list[WorkerResult]:
-        """The results of the phase started last (bounded wait)."""
-        timeout = phase.duration_s + phase.drain_s + extra_s
-        return [message[1] for message in self._gather("result", timeout)]
+        """The results of the phase started last (bounded waits).
+
+        Workers report when their sending is over; once all have, they all drain together.
+        """
+        self._gather("sent", phase.duration_s + extra_s + (120.0 if phase.connect_deferred else 0))
+        for pipe in self._pipes:
+            pipe.send(("drain",))
+        return [message[1] for message in self._gather("result", phase.drain_s + extra_s)]
 
     def run(self, phase: Phase) -> list[WorkerResult]:
         """Run one phase in every worker and return their results."""

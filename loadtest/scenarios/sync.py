@@ -55,8 +55,9 @@ def measure(target: Target, options: BenchOptions) -> tuple[Figures, list[str]]:
         backlog = pool.run(Phase(duration_s=300, window=SEND_WINDOW, drain_s=10,
                                  max_messages_per_flow=options.missed,
                                  body_bytes=options.body_bytes))
+        # No sends now (a quota of 0): only the away device connects and catches up.
         catch_up = pool.run(Phase(duration_s=0, connect_deferred=True, reset_ledger=False,
-                                  drain_s=10, quiet_s=0.5))
+                                  max_messages_per_flow=0, drain_s=10, quiet_s=0.5))
     summary = catch_up.summary
     caught_up_s = catch_up.results[0].connect_s.get(RECEIVER)
     figures = Figures(

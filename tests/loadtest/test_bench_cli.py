@@ -1,0 +1,36 @@
+"""`python -m loadtest.bench` end to end against the relay: the table and the JSON line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "loadtest.bench", *args],
+        capture_output=True, text=True, timeout=240, check=False,
+    )
+
+
+def test_sync_on_the_relay_prints_a_table_and_one_json_line() -> None:
+    done = bench("sync", "--baseline-only", "--missed", "300")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == "== sync"
+    report = json.loads(lines[-1])
+    for key in ("scenario", "delivered_per_s", "p50_ms", "p99_ms", "lost", "duplicated",
+                "baseline", "ratio", "target_met"):
+        assert key in report
+    assert report["scenario"] == "sync"
+    assert report["baseline"]["received"] == 300
+    assert report["baseline"]["lost"] == 0 and report["baseline"]["duplicated"] == 0
+    assert report["target_met"] is False  # Warbler was not measured
+    assert sum(1 for line in lines if line.startswith("{")) == 1
+
+
+def test_bad_options_are_refused_with_a_clear_message() -> None:
+    done = bench("group", "--baseline-only", "--members", "5000")
+    assert done.returncode == 2
+    assert "--members" in done.stderr
