@@ -65,7 +65,7 @@ _PG_INSERT = (
 )
 
 
-@dataclass
+@dataclass(slots=True)
 class SeqCounter:
     """The last seq a conversation has assigned. Owned by the conversation entity's state; the
     writer advances it as it assigns seqs and restores it if the transaction fails."""
@@ -73,7 +73,7 @@ class SeqCounter:
     last_seq: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MessageDraft:
     """A message to append, before it has a seq."""
 
@@ -84,7 +84,7 @@ class MessageDraft:
     body: dict[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoredMessage:
     """A committed message. ``duplicate`` is True when the ``(sender_id, client_msg_id)`` was
     already stored: this is that stored message, and the append consumed no seq."""

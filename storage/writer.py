@@ -31,7 +31,7 @@ __all__ = ["GroupCommitWriter", "MessageDraft", "SeqCounter", "StoredMessage"]
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     draft: MessageDraft
     counter: SeqCounter

@@ -260,3 +260,19 @@ async def test_bodies_round_trip(
     (read,) = await messages.page_messages(conv, after_seq=0)
     assert read.body == body
     assert read.created_at == stored.created_at
+
+
+def test_append_values_pickle() -> None:
+    # Drafts, counters and results cross Ray calls.
+    import pickle
+    from datetime import UTC, datetime
+
+    from storage import StoredMessage
+
+    values: list[object] = [
+        MessageDraft(1, 2, "c", "text", {"a": [1]}),
+        SeqCounter(5),
+        StoredMessage(1, 2, 3, 4, "c", "text", {"a": 1}, datetime.now(UTC), duplicate=True),
+    ]
+    for value in values:
+        assert pickle.loads(pickle.dumps(value)) == value
