@@ -188,3 +188,74 @@ async def connect(
     ok = await sock.request(hello)
     assert ok["type"] == "hello_ok", ok
     return sock, ok
+
+
+class Device:
+    """A device that survives its socket: it reconnects with its cursors and resends unacked
+    messages under the same client_msg_id, as a real client must."""
+
+    def __init__(self, ws_url: str, account: Account, device_id: str) -> None:
+        self.ws_url = ws_url
+        self.account = account
+        self.device_id = device_id
+        self.sockets: list[Socket] = []
+        self.reconnects = 0
+
+    @property
+    def sock(self) -> Socket:
+        return self.sockets[-1]
+
+    def seqs(self, conversation_id: int) -> list[int]:
+        """Every seq received for the conversation, on any of the sockets, with repeats."""
+        return [m["seq"] for s in self.sockets for m in s.messages(conversation_id)]
+
+    def cursor(self, conversation_id: int) -> int:
+        """The highest seq n such that 1..n all arrived."""
+        have = set(self.seqs(conversation_id))
+        n = 0
+        while n + 1 in have:
+            n += 1
+        return n
+
+    async def open(self, conversations: list[int]) -> None:
+        """(Re)connect, resuming each conversation from its cursor."""
+        delay = 0.2
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:
+            try:
+                sock, _ = await connect(
+                    self.ws_url, self.account, device_id=self.device_id,
+                    cursors={c: self.cursor(c) for c in conversations},
+                )
+                break
+            except (OSError, websockets.WebSocketException, TimeoutError, AssertionError):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        if self.sockets:
+            self.reconnects += 1
+        self.sockets.append(sock)
+
+    async def send_reliably(
+        self, body: str, conversation_id: int, conversations: list[int]
+    ) -> dict[str, Any]:
+        """Send until acked (reconnecting as needed) under one client_msg_id."""
+        cmid = uuid.uuid4().hex
+        while True:
+            if self.sock.closed.is_set():
+                await self.open(conversations)
+            try:
+                reply = await self.sock.send_message(
+                    body, conversation_id=conversation_id, client_msg_id=cmid
+                )
+            except (TimeoutError, websockets.ConnectionClosed):
+                continue
+            if reply["type"] == "ack":
+                return reply
+            assert reply["code"] in ("unavailable", "internal_error"), reply
+            await asyncio.sleep(0.2)
+
+    async def close(self) -> None:
+        for s in self.sockets:
+            await s.close()
