@@ -184,7 +184,9 @@ async def _drive(
     return total / elapsed, cpu / total * 1e6
 
 
-async def bench_engine(engine: str, url: str, n: int, concurrency: int, single_n: int) -> Result:
+async def bench_engine(
+    engine: str, url: str, n: int, concurrency: int, single_n: int, max_batch: int = 512
+) -> Result:
     """Run both modes on a fresh database of ``engine``."""
     async with _FreshDatabase(engine, url) as fresh_url:
         db = Database(fresh_url)
@@ -195,7 +197,7 @@ async def bench_engine(engine: str, url: str, n: int, concurrency: int, single_n
             counters = {conv: SeqCounter() for _, conv in pairs}
 
             # Warm up the pool and statement caches, then measure group commit.
-            writer = GroupCommitWriter(db)
+            writer = GroupCommitWriter(db, max_batch=max_batch)
             await writer.start()
             await _drive(pairs, counters, len(pairs) * 2, "warm", writer.append)
             writer.batches = writer.appended = 0
@@ -255,7 +257,9 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
                 raise SystemExit(f"{engine} is not reachable at {urls[engine]}")
             continue
         results.append(
-            await bench_engine(engine, urls[engine], args.n, args.concurrency, args.single_n)
+            await bench_engine(
+                engine, urls[engine], args.n, args.concurrency, args.single_n, args.max_batch
+            )
         )
     return results
 
@@ -269,6 +273,9 @@ def main() -> None:
         "--single-n", type=int, default=3_000, help="appends in one-transaction-per-message mode"
     )
     parser.add_argument("--concurrency", type=int, default=2000, help="concurrent senders")
+    parser.add_argument(
+        "--max-batch", type=int, default=512, help="GroupCommitWriter max_batch (its default: 512)"
+    )
     parser.add_argument("--postgresql-url", default=DEFAULT_URLS["postgresql"])
     parser.add_argument("--mysql-url", default=DEFAULT_URLS["mysql"])
     args = parser.parse_args()
@@ -281,6 +288,7 @@ def main() -> None:
                 "date": datetime.now(UTC).isoformat(timespec="seconds"),
                 "machine": f"{platform.machine()} {os.cpu_count()} cores",
                 "concurrency": args.concurrency,
+                "max_batch": args.max_batch,
                 "results": [asdict(r) for r in results],
             }
         )
