@@ -294,3 +294,71 @@ def _max_opt(a: int | None, b: int | None) -> int | None:
     if a is None:
         return b
     return a if b is None else max(a, b)
+
+
+@dataclass
+class _Stream:
+    floor: int  # the first seq seen: the stream is checked from here on
+    contiguous: int  # every seq from floor up to here was seen (or declared lost)
+    above: set[int] = field(default_factory=set)  # seen, beyond contiguous
+    missing: dict[int, float] = field(default_factory=dict)  # gap seq -> noticed at
+    declared: set[int] = field(default_factory=set)  # reported lost (may still turn up)
+
+
+class StreamCheck:
+    """One device's per-conversation seq streams, checked as they arrive (locust users).
+
+    Seqs of a conversation are gapless, and a device sees every one of them (others' as
+    `message` frames, its own as `ack` frames), but acks and messages may interleave out of
+    order. So a repeated seq is a duplicate at once, while a gap only counts as lost once it
+    has stayed open for ``grace_s``. A stream is checked from the first seq seen in it (a device
+    may join a conversation mid-stream).
+    """
+
+    # A jump larger than this is not tracked seq by seq (memory stays bounded).
+    MAX_GAP = 10_000
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self._streams: dict[int, _Stream] = {}
+
+    def see(self, conversation_id: int, seq: int, now: float) -> bool:
+        """Record a seq; False when the device already had it (a duplicate)."""
+        stream = self._streams.get(conversation_id)
+        if stream is None:
+            self._streams[conversation_id] = _Stream(floor=seq, contiguous=seq)
+            return True
+        if seq < stream.floor:  # from before this device joined the stream: not checked
+            return True
+        if seq in stream.declared:  # late, after being reported lost: not a duplicate
+            stream.declared.discard(seq)
+            return True
+        if seq <= stream.contiguous or seq in stream.above:
+            return False
+        stream.missing.pop(seq, None)
+        stream.above.add(seq)
+        for gap in range(max(stream.contiguous + 1, seq - self.MAX_GAP), seq):
+            if gap not in stream.above and gap not in stream.missing:
+                stream.missing[gap] = now
+        self._advance(stream)
+        return True
+
+    def overdue(self, now: float) -> list[tuple[int, int]]:
+        """(conversation, seq) gaps open longer than the grace period: lost, reported once."""
+        lost = []
+        for conv, stream in self._streams.items():
+            late = [s for s, since in stream.missing.items() if now - since > self.grace_s]
+            for seq in late:
+                del stream.missing[seq]
+                stream.declared.add(seq)
+                stream.above.add(seq)
+                lost.append((conv, seq))
+            if late:
+                self._advance(stream)
+        return lost
+
+    @staticmethod
+    def _advance(stream: _Stream) -> None:
+        while stream.contiguous + 1 in stream.above:
+            stream.contiguous += 1
+            stream.above.discard(stream.contiguous)

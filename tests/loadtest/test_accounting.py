@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from loadtest.accounting import NS_PER_MS, NS_PER_S, Ledger, merge_all, percentile, recovery_s
+from loadtest.accounting import (
+    NS_PER_MS,
+    NS_PER_S,
+    Ledger,
+    StreamCheck,
+    merge_all,
+    percentile,
+    recovery_s,
+)
 
 MS = NS_PER_MS
 
@@ -98,3 +106,27 @@ def test_recovery_is_the_longest_wait_caused_by_the_fault() -> None:
     ]
     assert recovery_s(timeline, fault, until) == 2.0
     assert recovery_s([], fault, until) == 0.0
+
+
+def test_stream_check_flags_repeats_at_once_and_gaps_after_the_grace() -> None:
+    check = StreamCheck(grace_s=5.0)
+    assert check.see(12, 4, now=0.0)  # first seen: the stream starts here
+    assert check.see(12, 5, now=0.1)
+    assert not check.see(12, 5, now=0.2)  # repeated
+    assert not check.see(12, 4, now=0.2)
+    assert check.see(12, 8, now=1.0)  # 6 and 7 are missing, maybe only late
+    assert check.see(12, 6, now=2.0)  # late, not lost
+    assert check.overdue(now=5.5) == []  # 7 has been missing 4.5 s
+    assert check.overdue(now=6.5) == [(12, 7)]
+    assert check.overdue(now=9.0) == []  # reported once
+    assert check.see(12, 7, now=9.5)  # turned up after all: not a duplicate
+    assert check.see(12, 9, now=10.0)
+    assert not check.see(12, 8, now=10.0)
+    assert check.see(15, 1, now=10.0)  # another conversation, its own stream
+
+
+def test_stream_check_does_not_judge_seqs_from_before_its_first() -> None:
+    check = StreamCheck(grace_s=5.0)
+    assert check.see(12, 2, now=0.0)  # joined mid-stream (seq 1 went out before we subscribed)
+    assert check.see(12, 1, now=0.1)  # arrives late: not a duplicate, not checked
+    assert not check.see(12, 2, now=0.2)

@@ -34,3 +34,13 @@ def test_bad_options_are_refused_with_a_clear_message() -> None:
     done = bench("group", "--baseline-only", "--members", "5000")
     assert done.returncode == 2
     assert "--members" in done.stderr
+
+
+def test_warbler_bench_is_registered_and_passes_options_through() -> None:
+    from typer.testing import CliRunner
+
+    from warbler.cli import app
+
+    done = CliRunner().invoke(app, ["bench", "nope"])
+    assert done.exit_code == 2
+    assert "invalid choice: 'nope'" in done.output  # the bench's own parser answered

@@ -1,0 +1,22 @@
+"""`warbler bench <scenario> [options]`: the end-to-end benchmarks (see loadtest.bench)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `bench` command to the `warbler` CLI."""
+
+    @app.command(
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        # --help goes to the bench's own parser, which knows every option.
+        add_help_option=False,
+        help="Run a benchmark scenario (direct, group, connections, sync, recovery, all) "
+        "against Warbler and the baseline relay; `warbler bench x --help` lists the options.",
+    )
+    def bench(ctx: typer.Context, scenario: str = typer.Argument(..., help="the scenario")) -> None:
+        # Imported here: `warbler --help` stays instant.
+        from loadtest.bench import main
+
+        raise typer.Exit(main([scenario, *ctx.args]))
