@@ -5,8 +5,10 @@
 "use strict";
 
 (() => {
-  const API = "/v1";
-  const WS_PATH = "/v1/ws";
+  // Relative to the page, so the app also works mounted under a route prefix (/<prefix>/).
+  const BASE = location.pathname.replace(/[^/]*$/, "");
+  const API = BASE + "v1";
+  const WS_PATH = BASE + "v1/ws";
   const PAGE = 50;
   const TYPING_TTL_MS = 10000;
   const TYPING_SEND_EVERY_MS = 3000;
