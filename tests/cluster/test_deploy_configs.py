@@ -24,6 +24,7 @@ import yaml
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.scripts.scripts import start as ray_start_command
+from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
 
 from warbler.config import Settings
@@ -289,6 +290,14 @@ def test_rayservice_import_path_resolves_to_this_repo(rayservice: dict[str, Any]
     spec = importlib.util.find_spec(module)
     assert spec is not None and spec.origin is not None
     assert Path(spec.origin).resolve() == REPO / (module.replace(".", "/") + ".py")
+
+
+def test_rayservice_import_path_names_a_serve_application() -> None:
+    module = importlib.import_module("serve.app")
+    if not hasattr(module, "app"):
+        # The gateway's part; until it lands `serve deploy` cannot start the app (deploy.md).
+        pytest.xfail("serve.app has no `app` yet")
+    assert isinstance(module.app, Application)
 
 
 def test_rayservice_autoscaler_and_auth(rayservice: dict[str, Any]) -> None:
