@@ -116,6 +116,7 @@ class WarblerClient:
                 on_open=self._on_open,
                 on_frame=self._on_frame,
                 on_close=self._on_close,
+                on_fatal=self._on_fatal,
             ),
             device_id=self.device_id,
             backoff=backoff,
@@ -270,8 +271,14 @@ class WarblerClient:
 
     async def _on_close(self, reason: str) -> None:
         self._events.put_nowait(ConnectionEvent("disconnected", reason=reason))
-        if self._connection.fatal is not None:
-            self._events.put_nowait(self._connection.fatal)
+
+    async def _on_fatal(self, error: WarblerError) -> None:
+        # No socket will come back: unacked sends fail now, and events() raises the cause.
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(error)
+        self._pending.clear()
+        self._events.put_nowait(error)
 
     async def _on_frame(self, frame: ServerFrame) -> None:
         if isinstance(frame, MessageFrame):

@@ -63,6 +63,8 @@ class Hooks:
     on_frame: Callable[[ServerFrame], Awaitable[None]]
     # The socket is gone (the connection goes on unless stopped).
     on_close: Callable[[str], Awaitable[None]]
+    # The connection gave up for good (revoked session, refresh refused, protocol mismatch).
+    on_fatal: Callable[[WarblerError], Awaitable[None]]
 
 
 def ws_url(base_url: str) -> str:
@@ -123,10 +125,15 @@ class Connection:
 
     async def wait_open(self, timeout_s: float | None = None) -> None:
         """Wait for an authenticated socket; raises the fatal error if the connection gave up."""
-        async with asyncio.timeout(timeout_s), self._changed:
-            await self._changed.wait_for(
-                lambda: self._opened.is_set() or self.fatal is not None or self._task is None
-            )
+        try:
+            async with asyncio.timeout(timeout_s), self._changed:
+                await self._changed.wait_for(
+                    lambda: self._opened.is_set() or self.fatal is not None or self._task is None
+                )
+        except TimeoutError:
+            raise WarblerError(
+                ErrorCode.UNAVAILABLE, f"no connection to {self._url} within {timeout_s}s"
+            ) from None
         if self.fatal is not None:
             raise self.fatal
         if not self._opened.is_set():
@@ -181,6 +188,9 @@ class Connection:
         finally:
             self._task = None
             await self._notify()
+        if self.fatal is not None:
+            logger.warning("connection to %s given up: %s", self._url, self.fatal.message)
+            await self._hooks.on_fatal(self.fatal)
 
     async def _one_socket(self) -> float | None:
         """Run one socket to its end; return the delay before the next (None: use backoff)."""
@@ -229,8 +239,8 @@ class Connection:
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             reason = f"cannot connect: {exc!r}"
         except ResyncNeeded as exc:
+            # Backoff, not at once: if the cause persists, this must not spin.
             reason = f"resync: {exc}"
-            delay = 0.0
         except Exception as exc:  # a bug in a handler must not end the session
             logger.exception("connection handler failed; reconnecting")
             reason = f"error: {exc!r}"

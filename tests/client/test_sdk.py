@@ -157,11 +157,24 @@ async def test_expired_and_rejected_access_tokens_are_refreshed(login: Login) ->
         assert alice.reconnects > opens and alice.connected
 
 
-async def test_revoked_session_cannot_refresh(gateway_url: str, login: Login) -> None:
-    async with login("alice") as alice:
-        await alice.logout()
+async def test_a_device_logged_out_everywhere_stops_with_a_clear_error(
+    gateway_url: str, login: Login, uid: str
+) -> None:
+    async with login("alice") as laptop, WarblerClient(gateway_url) as phone:
+        await phone.login(f"alice_{uid}", PASSWORD)
+        await phone.connect()
+        await laptop.logout(all_devices=True)
+        # The phone's socket stays up while its access token lasts; once that lapses, the next
+        # socket needs a refresh, which the revoked refresh token cannot get.
+        assert phone.rest.tokens is not None
+        phone.rest.tokens.access_expires_at = 0.0
+        await phone.reconnect()
         with pytest.raises(WarblerError) as err:
-            await alice.rest.refresh()
+            while True:
+                await phone.next_event(30)
+        assert err.value.code is ErrorCode.UNAUTHENTICATED
+        with pytest.raises(WarblerError) as err:
+            await phone.send("still there?", to_user=f"alice_{uid}")
         assert err.value.code is ErrorCode.UNAUTHENTICATED
 
 
