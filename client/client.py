@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 # Error codes on a send that the protocol says are safe to retry with the same client_msg_id.
 _RETRYABLE = {ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL, ErrorCode.STALE_EPOCH}
+# Over the rate limit, a send waits its turn (the server says how long) within its timeout.
+_THROTTLED = ErrorCode.RATE_LIMITED
 _GAP_PAGE = 500
 
 
@@ -343,8 +345,11 @@ class WarblerClient:
         if pending is None:
             logger.warning("server error frame: %s %s", frame.code, frame.message)
             return
-        if frame.code in _RETRYABLE:
+        if frame.code in _RETRYABLE or frame.code is _THROTTLED:
             delay = pending.backoff.next_delay()
+            retry_after = (frame.details or {}).get("retry_after_ms")
+            if frame.code is _THROTTLED and isinstance(retry_after, int | float):
+                delay = max(delay, retry_after / 1000.0)
             logger.info("send %s failed (%s); retrying in %.2fs", frame.id, frame.code, delay)
             task = asyncio.create_task(self._resend_later(pending, delay))
             self._retry_tasks.add(task)
