@@ -140,11 +140,38 @@ class ChatApp:
     async def _format(self, m: MessagePublic) -> str:
         when = m.created_at.astimezone().strftime("%H:%M")
         if m.kind == "system":
-            return f"[dim]{when} · {escape(_describe_system(m.body))}[/dim]"
+            return f"[dim]{when} · {escape(await self._describe_system(m.body))}[/dim]"
         who = await self._name(m.sender_id)
         style = "cyan" if m.sender_id == self.client.user_id else "magenta"
         text = m.body if isinstance(m.body, str) else str(m.body)
         return f"[dim]{when}[/dim] [{style}]{escape(who)}[/{style}]: {escape(text)}"
+
+    async def _describe_system(self, body: object) -> str:
+        """One line for a membership change. docs/protocol.md names the change in "event"
+        (members_added, ...); the conversation entity writes "op" (added, ...): read both."""
+        if not isinstance(body, dict):
+            return str(body)
+
+        async def name(key: str) -> str:
+            value = body.get(key)
+            return await self._name(value) if isinstance(value, int) else "someone"
+
+        kind = body.get("event") or body.get("op")
+        if kind == "created":
+            return f"{await name('by')} created {body.get('title') or 'the group'!r}"
+        if kind in ("members_added", "added"):
+            ids = [i for i in body.get("user_ids") or [] if isinstance(i, int)]
+            added = ", ".join([await self._name(i) for i in ids])
+            return f"{await name('by')} added {added}"
+        if kind in ("member_removed", "removed"):
+            return f"{await name('by')} removed {await name('user_id')}"
+        if kind in ("member_left", "left"):
+            return f"{await name('user_id')} left"
+        if kind == "renamed":
+            return f"{await name('by')} renamed the group to {body.get('title')!r}"
+        if kind in ("role_changed", "role"):
+            return f"{await name('by')} made {await name('user_id')} {body.get('role')}"
+        return "conversation updated"
 
     async def _print_events(self) -> None:
         try:
@@ -210,7 +237,7 @@ class ChatApp:
             last = ""
             if c.last_message is not None:
                 body = c.last_message.body
-                last = body if isinstance(body, str) else _describe_system(body)
+                last = body if isinstance(body, str) else await self._describe_system(body)
             table.add_row(
                 f"#{c.id}",
                 escape(self._titles.get(c.id, "")),
@@ -282,12 +309,3 @@ class ChatApp:
             dot = "[green]●[/green]" if m.user_id in online else "[dim]○[/dim]"
             name = escape(await self._name(m.user_id))
             self.say(f"{dot} {name} [dim]{m.role}, read up to {m.read_seq}[/dim]")
-
-
-def _describe_system(body: object) -> str:
-    """A one-line description of a system message body (membership changes)."""
-    if not isinstance(body, dict):
-        return str(body)
-    event = body.get("event", "event")
-    details = ", ".join(f"{k}={v}" for k, v in body.items() if k != "event")
-    return f"{str(event).replace('_', ' ')} ({details})" if details else str(event)

@@ -361,6 +361,7 @@
     const cursor = state.cursors.has(conv) ? state.cursors.get(conv) : 0;
     if (m.seq <= cursor) return; // a duplicate (replayed after a reconnect)
     if (!state.convs.has(conv)) await loadConversation(conv);
+    await ensureUsers([m.sender_id, ...(m.kind === "system" ? systemUserIds(m.body) : [])]);
     const box = state.messages.get(conv);
     let batch = [m];
     // Only a message list on screen needs the gap filled; for the others the summary
@@ -553,18 +554,27 @@
     return (mine ? "You: " : "") + text;
   }
 
+  // System messages (membership changes). docs/protocol.md names the kind in "event"
+  // (members_added, ...); the conversation entity writes "op" (added, ...): read both.
   function describeSystem(body) {
     if (!body || typeof body !== "object") return String(body);
     const name = (id) => { const u = state.users.get(id); return u ? u.display_name || u.username : `user ${id}`; };
-    switch (body.event) {
+    const names = (ids) => (ids || []).map(name).join(", ");
+    switch (body.event || body.op) {
       case "created": return `${name(body.by)} created “${body.title || "the group"}”`;
-      case "members_added": return `${name(body.by)} added ${(body.user_ids || []).map(name).join(", ")}`;
-      case "member_removed": return `${name(body.by)} removed ${name(body.user_id)}`;
-      case "member_left": return `${name(body.user_id)} left`;
+      case "members_added": case "added": return `${name(body.by)} added ${names(body.user_ids)}`;
+      case "member_removed": case "removed": return `${name(body.by)} removed ${name(body.user_id)}`;
+      case "member_left": case "left": return `${name(body.user_id)} left`;
       case "renamed": return `${name(body.by)} renamed the group to “${body.title}”`;
-      case "role_changed": return `${name(body.by)} made ${name(body.user_id)} ${body.role}`;
-      default: return String(body.event || "update");
+      case "role_changed": case "role": return `${name(body.by)} made ${name(body.user_id)} ${body.role}`;
+      default: return "conversation updated";
     }
+  }
+
+  // User ids named in system messages, so their names can be loaded before rendering.
+  function systemUserIds(body) {
+    if (!body || typeof body !== "object") return [];
+    return [body.by, body.user_id, ...(body.user_ids || [])].filter((x) => Number.isInteger(x));
   }
 
   function hue(n) { return (Number(n) * 47) % 360; }
@@ -717,6 +727,7 @@
       // frames after it continue it with no hole.
       await inOrder(async () => {
         const page = await api.page(id, { limit: PAGE });
+        await ensureUsers(page.messages.flatMap((m) => [m.sender_id, ...systemUserIds(m.body)]));
         state.messages.set(id, { list: page.messages, loaded: true, hasMore: page.has_more });
         const c = state.convs.get(id);
         const last = page.messages.length ? page.messages[page.messages.length - 1] : null;
@@ -754,6 +765,7 @@
     const scroller = $("messages");
     const before = scroller.scrollHeight;
     const page = await api.page(id, { before_seq: box.list[0].seq, limit: PAGE });
+    await ensureUsers(page.messages.flatMap((m) => [m.sender_id, ...systemUserIds(m.body)]));
     if (state.current !== id) return;
     box.list = [...page.messages, ...box.list];
     box.hasMore = page.has_more;
