@@ -31,7 +31,7 @@ from sqlalchemy import insert, text
 from sqlalchemy.engine import make_url
 
 from storage import Database, GroupCommitWriter, MessageDraft, SeqCounter
-from storage.appends import write_batch
+from storage.appends import store_batch
 from storage.models import Conversation, Membership, User
 from storage.types import utcnow
 
@@ -206,13 +206,8 @@ async def bench_engine(
             await writer.stop()
 
             async def one_transaction(draft: MessageDraft, counter: SeqCounter) -> object:
-                async with db.engine.begin() as conn:
-                    before = counter.last_seq
-                    try:
-                        return await write_batch(conn, [(draft, counter)])
-                    except BaseException:
-                        counter.last_seq = before
-                        raise
+                # The writer's own commit path, one message at a time, from the pool.
+                return await store_batch(db, [(draft, counter)])
 
             single_rate, _ = await _drive(pairs, counters, single_n, "single", one_transaction)
         finally:

@@ -25,6 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from storage.db import Database
 from storage.models import CLIENT_MSG_ID_MAX, KIND_MAX, Message
 from storage.types import UTCDateTime, utcnow
 from warbler.errors import ErrorCode, WarblerError
@@ -127,12 +128,43 @@ def validate_draft(draft: MessageDraft) -> None:
         raise WarblerError(ErrorCode.VALIDATION, "body must be a JSON object")
 
 
+async def store_batch(
+    db: Database,
+    items: Sequence[tuple[MessageDraft, SeqCounter]],
+    conn: AsyncConnection | None = None,
+) -> list[StoredMessage]:
+    """Commit ``items`` as one batch (``write_batch``); if it fails, restore the counters and
+    re-raise, so no seq is consumed by a batch that did not commit.
+
+    On PostgreSQL the batch is a single INSERT statement, atomic by itself, so it runs in
+    autocommit mode: SELECT + INSERT are two round trips where BEGIN ... COMMIT would add two.
+    Elsewhere SQLAlchemy may split a big batch into several INSERTs, so it runs in a transaction.
+    ``conn``: a long-lived AUTOCOMMIT connection to use on PostgreSQL instead of the pool.
+    """
+    before = [(counter, counter.last_seq) for _, counter in items]
+    try:
+        if db.dialect == "postgresql":
+            if conn is not None:
+                results = await write_batch(conn, items)
+                await conn.commit()  # ends SQLAlchemy's bookkeeping transaction; no round trip
+                return results
+            async with db.autocommit_engine.connect() as own:
+                return await write_batch(own, items)
+        async with db.engine.begin() as own:
+            return await write_batch(own, items)
+    except BaseException:
+        # Captured before any seq was assigned, so repeats of a counter hold the same value.
+        for counter, last_seq in before:
+            counter.last_seq = last_seq
+        raise
+
+
 async def write_batch(
     conn: AsyncConnection, items: Sequence[tuple[MessageDraft, SeqCounter]]
 ) -> list[StoredMessage]:
-    """Store ``items`` inside the caller's transaction and return one result per item, in order.
+    """Store ``items`` on ``conn`` and return one result per item, in order.
 
-    Advances the counters; the caller restores them if the transaction does not commit. A draft
+    Advances the counters; the caller restores them if the batch does not commit. A draft
     whose ``(sender_id, client_msg_id)`` is stored, or appears earlier in ``items``, gets that
     message with ``duplicate=True`` and consumes no seq.
     """

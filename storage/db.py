@@ -59,6 +59,10 @@ class Database:
         else:
             kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
         self.engine: AsyncEngine = create_async_engine(parsed, **kwargs)
+        # The same pool, in autocommit mode: for work that is one atomic statement.
+        self.autocommit_engine: AsyncEngine = self.engine.execution_options(
+            isolation_level="AUTOCOMMIT"
+        )
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_on_connect)
         self._sessionmaker_kwargs: dict[str, Any] = {"expire_on_commit": False}

@@ -15,13 +15,14 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.appends import (
     MessageDraft,
     SeqCounter,
     StoredMessage,
+    store_batch,
     validate_draft,
-    write_batch,
 )
 from storage.db import Database
 from warbler.errors import ErrorCode, WarblerError
@@ -57,6 +58,7 @@ class GroupCommitWriter:
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._conn: AsyncConnection | None = None
         self.batches = 0  # counters for metrics and the benchmark
         self.appended = 0
 
@@ -83,6 +85,7 @@ class GroupCommitWriter:
             await self._task
         finally:
             self._task = None
+            await self._drop_connection()
 
     async def append(self, draft: MessageDraft, counter: SeqCounter) -> StoredMessage:
         """Queue ``draft`` and wait until its batch commits; raises what the batch raised."""
@@ -157,13 +160,23 @@ class GroupCommitWriter:
                 p.future.set_result(result)
 
     async def _commit(self, items: list[tuple[MessageDraft, SeqCounter]]) -> list[StoredMessage]:
-        before: dict[int, tuple[SeqCounter, int]] = {}
-        for _, counter in items:
-            before.setdefault(id(counter), (counter, counter.last_seq))
+        conn = None
+        if self._db.dialect == "postgresql":
+            # A connection of its own: no pool checkout and pre-ping round trip per batch.
+            if self._conn is None:
+                self._conn = await self._db.autocommit_engine.connect()
+            conn = self._conn
         try:
-            async with self._db.engine.begin() as conn:
-                return await write_batch(conn, items)
+            return await store_batch(self._db, items, conn)
         except BaseException:
-            for counter, last_seq in before.values():
-                counter.last_seq = last_seq
+            if conn is not None:
+                await self._drop_connection()
             raise
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await conn.close()
+            except Exception:  # already broken: the pool discards it
+                logger.debug("closing the writer's connection failed", exc_info=True)
