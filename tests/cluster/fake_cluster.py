@@ -11,10 +11,11 @@ wheel does not ship, and its start/shutdown run ``ray stop --force``, which kill
 on the machine (other engineers' clusters included). This module writes its own config and stops
 only what it started:
 
-- ``ray start --head`` runs in a new session (``setsid``); every Ray process of this cluster (GCS,
-  raylets, agents, the autoscaler, workers, and the fake worker nodes' raylets that the autoscaler
-  spawns) descends from it and keeps its session id, even when orphaned. Stopping signals exactly
-  the processes of that session, by PID.
+- A keeper process leads a new session (``setsid``) and runs ``ray start --head --block``; every
+  Ray process of this cluster (GCS, raylets, agents, the autoscaler, workers, and the fake worker
+  nodes' raylets that the autoscaler spawns) descends from it and keeps its session id, even
+  when orphaned. Stopping signals exactly the processes of that session, by PID: on exit of the
+  context manager, or when the test process dies (the keeper gets SIGTERM from the kernel).
 - The GCS listens on a free port (never 6379, which is Redis), the temp dir is private, and every
   node binds 127.0.0.1.
 - Token auth (the default for local clusters since Ray 2.59) uses a token file of its own:
@@ -24,6 +25,7 @@ only what it started:
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -34,6 +36,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -170,17 +173,23 @@ def autoscaling_config(
     }
 
 
+def _state(pid: int) -> str:
+    # /proc/<pid>/stat: "pid (comm) S ..."; comm may hold spaces and parentheses.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 def session_pids(session_id: int) -> list[int]:
-    """Live processes whose session id is ``session_id`` (Linux /proc)."""
+    """Live (not zombie) processes whose session id is ``session_id`` (Linux /proc)."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         pid = int(entry)
         try:
-            if os.getsid(pid) == session_id:
+            if os.getsid(pid) == session_id and _state(pid) != "Z":
                 pids.append(pid)
-        except OSError:  # exited between listdir and getsid
+        except OSError:  # exited between listdir and the look
             continue
     return pids
 
@@ -200,29 +209,8 @@ def _wait_gone(members: Callable[[], list[int]], timeout_s: float) -> list[int]:
     return left
 
 
-def stop_session(leader: subprocess.Popen[bytes], *, grace_s: float = 15.0) -> None:
-    """Stop every process of the session ``leader`` leads, by PID.
-
-    First SIGTERM to the leader (``ray start --block``), which shuts its own node down in order;
-    then SIGTERM to what is left of the session (the fake worker nodes the autoscaler started,
-    their workers), and SIGKILL to anything that outlives ``grace_s``. ``leader`` is our child
-    and is reaped last, so its PID (the session id) cannot be reused by an unrelated process
-    while we look for the session's members.
-    """
-    session_id = leader.pid
-    if session_id == os.getsid(0):
-        raise RuntimeError("refusing to stop the caller's own session")
-
-    def members() -> list[int]:
-        # The leader counts until it has exited (a zombie still has its session id).
-        return [p for p in session_pids(session_id) if p != session_id or leader.poll() is None]
-
-    logger.info("stopping fake cluster session %d: %d processes", session_id, len(members()))
-    _signal_all([session_id], signal.SIGTERM)
-    try:
-        leader.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        logger.warning("`ray start --block` (pid %d) outlived SIGTERM by %ss", session_id, grace_s)
+def _stop_members(members: Callable[[], list[int]], grace_s: float) -> None:
+    """SIGTERM ``members()``, then SIGKILL whatever outlives ``grace_s``."""
     _signal_all(members(), signal.SIGTERM)
     left = _wait_gone(members, grace_s)
     if left:
@@ -230,15 +218,91 @@ def stop_session(leader: subprocess.Popen[bytes], *, grace_s: float = 15.0) -> N
         _signal_all(left, signal.SIGKILL)
         left = _wait_gone(members, grace_s)
     if left:
-        logger.error("processes of session %d survived SIGKILL: %s", session_id, left)
-    leader.wait(timeout=grace_s)
+        logger.error("processes survived SIGKILL: %s", left)
 
 
-def _wait_for_gcs(leader: subprocess.Popen[bytes], port: int, timeout_s: float) -> None:
+def _keep(cmd: list[str], grace_s: float, temp_dir: Path) -> int:
+    """The session keeper: the leader of the cluster's session, run as ``python fake_cluster.py
+    --keep -- <ray start --head --block ...>``.
+
+    It runs the head and, on SIGTERM (from ``fake_cluster`` when the test is done, or from the
+    kernel when the test process dies: PR_SET_PDEATHSIG), stops the head first (it shuts its
+    node down in order), then every other process of its session (the fake worker nodes the
+    autoscaler started, which outlive their parent), by PID, and removes the cluster's temp
+    dir. It also stops the session when the head exits on its own. Its exit status is the
+    head's.
+    """
+    me = os.getpid()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    head = subprocess.Popen(cmd)
+    while not stop.is_set() and head.poll() is None:
+        stop.wait(0.5)
+    logger.info("keeper %d: stopping the session (head exit status %s)", me, head.poll())
+    if head.poll() is None:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            logger.warning(
+                "`ray start --block` (pid %d) outlived SIGTERM by %ss", head.pid, grace_s
+            )
+
+    def members() -> list[int]:
+        # The head is our child: reaped by poll(), so its PID is not reused while we look.
+        alive_head = [head.pid] if head.poll() is None else []
+        return [p for p in session_pids(me) if p != me and p != head.pid] + alive_head
+
+    _stop_members(members, grace_s)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+    return head.returncode if head.returncode is not None else 1
+
+
+def _term_when_parent_dies() -> None:
+    """In the keeper before exec: SIGTERM it if the process that started it dies (a test run
+    killed hard), so the cluster is stopped all the same. Linux prctl(PR_SET_PDEATHSIG)."""
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+def stop_session(keeper: subprocess.Popen[bytes], *, grace_s: float = 15.0) -> None:
+    """Stop the cluster whose session ``keeper`` leads: ask the keeper (which stops the head,
+    then the rest); if it does not finish in time, SIGKILL what is left of the session.
+
+    ``keeper`` is our child and is reaped only at the end, so its PID (the session id) cannot be
+    reused by an unrelated process while we look for the session's members.
+    """
+    session_id = keeper.pid
+    if session_id == os.getsid(0):
+        raise RuntimeError("refusing to stop the caller's own session")
+    logger.info(
+        "stopping fake cluster session %d: %d processes", session_id, len(session_pids(session_id))
+    )
+    _signal_all([session_id], signal.SIGTERM)
+    # The keeper needs up to 3 * grace_s (head, SIGTERM round, SIGKILL round).
+    deadline = time.monotonic() + 3 * grace_s + 10
+    while time.monotonic() < deadline and not _exited_unreaped(keeper.pid):
+        time.sleep(0.2)
+    _stop_members(lambda: session_pids(session_id), grace_s)
+    keeper.wait(timeout=grace_s)
+
+
+def _exited_unreaped(pid: int) -> bool:
+    """True once child ``pid`` has exited; leaves it unreaped (a zombie keeps its PID taken)."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:  # already reaped (poll() saw it exit)
+        return True
+    return info is not None
+
+
+def _wait_for_gcs(keeper: subprocess.Popen[bytes], port: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if leader.poll() is not None:
-            raise RuntimeError(f"`ray start --head` exited with {leader.returncode}")
+        if keeper.poll() is not None:
+            raise RuntimeError(f"`ray start --head` exited with {keeper.returncode}")
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -306,7 +370,7 @@ def fake_cluster(
         str(Path(sys.executable).with_name("ray")),
         "start",
         "--head",
-        # --block keeps `ray start` alive as the session leader (see stop_session).
+        # --block: the head lives as long as this process, which the keeper stops.
         "--block",
         f"--port={port}",
         "--node-ip-address=127.0.0.1",
@@ -324,25 +388,43 @@ def fake_cluster(
         "--disable-usage-stats",
     ]
     log_path = temp_dir / "ray-start.log"
+    keeper_cmd = [sys.executable, __file__, "--keep", str(temp_dir), "--", *cmd]
     with log_path.open("wb") as log:
         # A new session: every process of this cluster shares it, so we can find and stop them.
-        leader = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        keeper = subprocess.Popen(
+            keeper_cmd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_term_when_parent_dies,
         )
     cluster = FakeCluster(
         address=address,
         temp_dir=temp_dir,
         config_path=config_path,
         env=cluster_env,
-        session_id=leader.pid,
+        session_id=keeper.pid,
     )
     try:
         try:
-            _wait_for_gcs(leader, port, start_timeout_s)
+            _wait_for_gcs(keeper, port, start_timeout_s)
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(f"{exc}; its output: {log_path.read_text()[-4000:]}") from exc
-        logger.info("fake cluster up at %s (session %d)", address, leader.pid)
+        logger.info("fake cluster up at %s (session %d)", address, keeper.pid)
         yield cluster
     finally:
-        stop_session(leader)
+        stop_session(keeper)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) < 4 or argv[0] != "--keep" or argv[2] != "--":
+        sys.stderr.write("usage: fake_cluster.py --keep TEMP_DIR -- <ray start command>\n")
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return _keep(argv[3:], grace_s=15.0, temp_dir=Path(argv[1]))
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

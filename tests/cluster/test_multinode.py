@@ -21,9 +21,12 @@ DRIVER = Path(__file__).with_name("multinode_driver.py")
 IDLE_TIMEOUT_MIN = 0.1  # 6 s: the autoscaler's idle timeout for a worker node
 HOLD_S = 12.0  # twice the idle timeout: a busy node must outlive it
 # Bounds for each phase (not performance assertions: generous, so a loaded machine passes).
-SCALE_UP_TIMEOUT_S = 150.0
-SCALE_DOWN_TIMEOUT_S = 150.0
+SCALE_UP_TIMEOUT_S = 120.0
+SCALE_DOWN_TIMEOUT_S = 120.0
 DRIVER_TIMEOUT_S = 60 + SCALE_UP_TIMEOUT_S + HOLD_S + SCALE_DOWN_TIMEOUT_S
+# Above every bound here plus starting and stopping the cluster, so the test's own bounds
+# report what went wrong (and the cluster is stopped) before pytest-timeout fires.
+TEST_TIMEOUT_S = int(DRIVER_TIMEOUT_S + 120)
 
 
 def _timeline(driver: list[dict[str, Any]], autoscaler: list[tuple[float, str]]) -> list[str]:
@@ -42,6 +45,7 @@ def _timeline(driver: list[dict[str, Any]], autoscaler: list[tuple[float, str]])
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(TEST_TIMEOUT_S)
 def test_host_demand_scales_a_node_up_then_idle_scales_it_down() -> None:
     host = FakeNodeType({"CPU": 1, "warbler_host": 1}, min_workers=0, max_workers=1)
     with fake_cluster({"host": host}, idle_timeout_minutes=IDLE_TIMEOUT_MIN) as cluster:
