@@ -165,6 +165,7 @@ class ConversationEntity(Entity[ConversationState]):
     """A direct or group conversation (see the module docstring; permissions in ``roles``)."""
 
     kind = CONV
+    replays_log = True
     __slots__ = ()
 
     # --- lifecycle ----------------------------------------------------------------------------

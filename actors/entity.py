@@ -57,6 +57,9 @@ class Entity(Generic[S]):
     compares it with what it last checkpointed."""
 
     kind: ClassVar[str]
+    # True for kinds whose ``restore`` replays a durable log after the checkpoint: any
+    # checkpoint then yields the newest state, so the host may skip reading the second copy.
+    replays_log: ClassVar[bool] = False
     _handlers: ClassVar[dict[type, Callable[[Any, Any], Awaitable[object]]]] = {}
 
     __slots__ = ("key", "ctx", "state", "changes")

@@ -20,7 +20,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
-from actors.checkpoints import Checkpointer
+from actors.checkpoints import Checkpointer, Loaded
 from actors.context import EntityContext
 from actors.conversation import ConversationEntity, create_conversation
 from actors.directory import Ownership, ShardMap
@@ -40,6 +40,7 @@ KINDS: dict[str, type[Entity[Any]]] = {
 }
 
 _CHECKPOINT_CONCURRENCY = 32
+_ACTIVATION_CONCURRENCY = 32
 _EVICT_BATCH = 1024
 _LATENCY_SAMPLES = 4096
 
@@ -59,6 +60,9 @@ class HostCore:
         self._refresh_lock = asyncio.Lock()
         self._maintenance: asyncio.Task[None] | None = None
         self._io = asyncio.Semaphore(_CHECKPOINT_CONCURRENCY)
+        # Bounds concurrent activations: a burst (a restart, a moved shard) must not open
+        # more SQL/Redis connections than the pools hold.
+        self._activating = asyncio.Semaphore(_ACTIVATION_CONCURRENCY)
         self._stopping = False
         settings = ctx.settings
         self._redis_every_events = max(1, settings.redis_checkpoint_every_events)
@@ -202,12 +206,14 @@ class HostCore:
 
     async def _activate(self, activation: Activation, kind: type[Entity[Any]]) -> None:
         key = activation.key
-        started = time.perf_counter()
         try:
-            loaded = await self._checkpointer.load(key)
-            checkpoint = (loaded.version, loaded.state) if loaded else None
-            entity = await kind.restore(key, self.ctx, checkpoint)
-            await entity.on_activate()
+            async with self._activating:
+                started = time.perf_counter()
+                loaded = await self._checkpointer.load(key, hot_is_enough=kind.replays_log)
+                checkpoint = (loaded.version, loaded.state) if loaded else None
+                entity = await kind.restore(key, self.ctx, checkpoint)
+                await entity.on_activate()
+                elapsed_ms = (time.perf_counter() - started) * 1000.0
         except Exception as exc:
             error = as_error(exc, key)
             activation.status = GONE
@@ -215,6 +221,15 @@ class HostCore:
                 del self._table[key]
             activation.fail_all(error)
             return
+        self._activated(activation, entity, elapsed_ms, loaded)
+
+    def _activated(
+        self,
+        activation: Activation,
+        entity: Entity[Any],
+        elapsed_ms: float | None,
+        loaded: Loaded | None,
+    ) -> None:
         activation.entity = entity
         if activation.status == ACTIVATING:  # else a passivation claimed it meanwhile
             activation.status = ACTIVE
@@ -226,9 +241,22 @@ class HostCore:
         if replayed or activation.redis_mark < 0:
             self._mark_dirty(activation)
         self.activations += 1
-        self.activation_ms.append((time.perf_counter() - started) * 1000.0)
+        if elapsed_ms is not None:
+            self.activation_ms.append(elapsed_ms)
         activation.start()
         self._evict_if_full()
+
+    def install(self, entity: Entity[Any]) -> None:
+        """Make an entity restored elsewhere active here, as if it had just activated from an
+        up-to-date checkpoint (the benchmark fills a host this way; ``key`` must be owned and
+        not active)."""
+        key = entity.key
+        if key in self._table or not self.ownership.owns(key):
+            raise WarblerError(ErrorCode.CONFLICT, f"{key} is active or not served here")
+        activation = Activation(key, self._after_answer)
+        activation.last_used = time.monotonic()
+        self._table[key] = activation
+        self._activated(activation, entity, None, Loaded(entity.snapshot()[0], b"", True, True))
 
     def _after_answer(self, activation: Activation) -> None:
         entity = activation.entity

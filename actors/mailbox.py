@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
 from functools import partial
 from typing import Any
 
@@ -23,6 +23,34 @@ from warbler.errors import ErrorCode, WarblerError
 logger = logging.getLogger(__name__)
 
 ACTIVATING, ACTIVE, PASSIVATING, GONE = range(4)
+
+
+class _Resume:
+    """Awaitable that continues a coroutine which was stepped outside any task and then
+    suspended: it re-yields what the coroutine yielded, so the enclosing task waits on the
+    same future, and forwards what the task sends or throws back in."""
+
+    __slots__ = ("coro", "yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, object], yielded: Any) -> None:
+        self.coro = coro
+        self.yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, object]:
+        coro, value = self.coro, self.yielded
+        while True:
+            try:
+                sent = yield value
+            except BaseException as exc:
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
 
 
 class Reply:
@@ -90,13 +118,34 @@ class Activation:
         self._on_answer = on_answer
 
     def post(self, message: object, reply: Reply, index: int) -> None:
-        """Queue a message; its answer goes to ``reply.set(index, ...)``."""
+        """Handle or queue a message; its answer goes to ``reply.set(index, ...)``."""
+        self.pending += 1
+        if self.status == ACTIVE and not self.running and not self.queue:
+            self._step(message, reply, index)
+            return
         if self.queue is None:
             self.queue = deque()
         self.queue.append((message, reply, index))
-        self.pending += 1
         if not self.running and self.status != ACTIVATING:
             self.start()
+
+    def _step(self, message: object, reply: Reply, index: int) -> None:
+        # The mailbox is idle: run the handler right here until it first suspends. Most
+        # handlers (reads, appends that hand their draft to the writer) finish without
+        # suspending, so the common case costs no task at all.
+        assert self.entity is not None
+        coro = self.entity.handle(message)
+        try:
+            yielded = coro.send(None)
+        except StopIteration as stop:
+            self._deliver(reply, index, stop.value)
+            return
+        except Exception as exc:
+            self._answer(reply, index, as_error(exc, self.key))
+            return
+        self.running = True
+        resumed = _Resume(coro, yielded)
+        asyncio.get_running_loop().create_task(self._run(first=(resumed, reply, index)))
 
     def start(self) -> None:
         """Run the mailbox if it has work (after activation, or when a message arrives)."""
@@ -104,29 +153,45 @@ class Activation:
             self.running = True
             asyncio.get_running_loop().create_task(self._run())
 
-    async def _run(self) -> None:
+    async def _run(self, first: tuple[_Resume, Reply, int] | None = None) -> None:
         entity = self.entity
-        queue = self.queue
-        assert entity is not None and queue is not None
+        assert entity is not None
+        current: tuple[Reply, int] | None = None
         try:
-            while queue:
-                message, reply, index = queue.popleft()
+            if first is not None:
+                resumed, reply, index = first
+                current = (reply, index)
                 try:
-                    result: object = await entity.handle(message)
+                    result: object = await resumed
                 except Exception as exc:
                     result = as_error(exc, self.key)
-                if isinstance(result, Later):
-                    result.task.add_done_callback(partial(self._later_done, reply, index))
-                else:
-                    self._answer(reply, index, result)
+                current = None
+                self._deliver(reply, index, result)
+            while self.queue:
+                message, reply, index = self.queue.popleft()
+                current = (reply, index)
+                try:
+                    result = await entity.handle(message)
+                except Exception as exc:
+                    result = as_error(exc, self.key)
+                current = None
+                self._deliver(reply, index, result)
         finally:
             self.running = False
-            if not queue:
-                self.queue = None  # an idle entity keeps no deque
-            else:  # cancelled mid-queue (host stopping): fail the rest
-                while queue:
-                    _, reply, index = queue.popleft()
-                    self._answer(reply, index, as_error(asyncio.CancelledError(), self.key))
+            # Cancelled (the host is stopping): answer what was taken and what is queued.
+            cancelled = as_error(asyncio.CancelledError(), self.key)
+            if current is not None:
+                self._answer(current[0], current[1], cancelled)
+            queue, self.queue = self.queue, None  # an idle entity keeps no deque
+            while queue:
+                _, reply, index = queue.popleft()
+                self._answer(reply, index, cancelled)
+
+    def _deliver(self, reply: Reply, index: int, result: object) -> None:
+        if isinstance(result, Later):
+            result.task.add_done_callback(partial(self._later_done, reply, index))
+        else:
+            self._answer(reply, index, result)
 
     def _later_done(self, reply: Reply, index: int, task: asyncio.Task[object]) -> None:
         if task.cancelled():

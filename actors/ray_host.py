@@ -8,16 +8,22 @@ re-runs ``__init__`` in the new process). Created only by ``actors.cluster``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
+import time
+import uuid
 from typing import Any
 
 from actors.context import EntityContext
+from actors.conversation import ConversationEntity, ConversationState
 from actors.directory import ShardMap
 from actors.directory_store import DirectoryStore
 from actors.host import HostCore
+from actors.names import conv_key
 from actors.wire import BatchReply, Envelope
 from storage.db import Database
 from storage.redis import connect_redis
+from storage.writer import SeqCounter
 from warbler.config import Settings
 from warbler.errors import ErrorCode, WarblerError
 
@@ -25,6 +31,14 @@ from warbler.errors import ErrorCode, WarblerError
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _process_started_at() -> float:
+    with open("/proc/self/stat") as f:
+        ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/stat") as f:
+        boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 class ActorHost:
@@ -35,6 +49,8 @@ class ActorHost:
             raise WarblerError(ErrorCode.CONFIG, "hosts need settings.redis_url")
         self._settings = settings
         self._name = name
+        self._init_at = time.time()
+        self._ready_at = 0.0
         self._core: HostCore | None = None
         self._starting: asyncio.Task[HostCore] | None = None
 
@@ -54,6 +70,7 @@ class ActorHost:
         core = HostCore(self._name, ctx, DirectoryStore(redis, ctx.keys))
         await core.start()
         self._core = core
+        self._ready_at = time.time()
         return core
 
     async def handle_batch(self, epoch: int, envelopes: list[Envelope]) -> BatchReply:
@@ -72,9 +89,17 @@ class ActorHost:
         return await core.adopt(ShardMap.from_json(committed_json))
 
     async def ping(self) -> dict[str, Any]:
-        """Ready check: name, pid and epoch, once the host has started."""
+        """Ready check once the host has started: name, pid, epoch, and when (wall clock) the
+        process started, ``__init__`` ran and the host became ready (restart timing)."""
         core = await self._ready()
-        return {"name": self._name, "pid": os.getpid(), "epoch": core.ownership.epoch}
+        return {
+            "name": self._name,
+            "pid": os.getpid(),
+            "epoch": core.ownership.epoch,
+            "process_started_at": _process_started_at(),
+            "init_at": self._init_at,
+            "ready_at": self._ready_at,
+        }
 
     async def stats(self) -> dict[str, Any]:
         """Counters plus the process's resident memory."""
@@ -90,6 +115,36 @@ class ActorHost:
         """Checkpoint and passivate every entity; how many there were."""
         core = await self._ready()
         return await core.passivate_where(lambda key: True)
+
+    async def clear_stats(self) -> None:
+        """Forget the activation latency samples (the benchmark measures one phase)."""
+        core = await self._ready()
+        core.activation_ms.clear()
+
+    async def bench_fill(self, first_id: int, count: int, members: tuple[int, int]) -> int:
+        """Diagnostic for ``loadtest.actor_bench``: install ``count`` direct conversations
+        ``conv:<first_id + i>`` (two members, a few recent ids) from one msgpack checkpoint,
+        through ``ConversationState.load`` as activation does, minus the I/O. Returns the
+        process's RSS growth in bytes."""
+        core = await self._ready()
+        a, b = members
+        template = ConversationState(
+            conversation_id=0,
+            kind="direct",
+            title="",
+            members={a: "member", b: "member"},
+            counter=SeqCounter(3),
+            committed_seq=3,
+            recent={(a, uuid.uuid4().hex): 2, (b, uuid.uuid4().hex): 3},
+        ).dump()
+        gc.collect()
+        before = _rss_bytes()
+        for i in range(count):
+            state = ConversationState.load(template)
+            state.conversation_id = first_id + i
+            core.install(ConversationEntity(conv_key(first_id + i), core.ctx, state))
+        gc.collect()
+        return _rss_bytes() - before
 
     async def shutdown(self) -> None:
         """Passivate everything and stop the writer (before the actor is killed)."""

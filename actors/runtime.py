@@ -10,6 +10,7 @@ that changes state is idempotent (``client_msg_id`` / ``op_id``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -110,12 +111,15 @@ class Runtime:
         """Deliver many messages (batched per host); results in order, a WarblerError in place
         of each that failed."""
         submitted = [self._submit(key, message) for key, message in calls]
-        futures = [future for _, future in submitted]
-        if futures:
-            await asyncio.wait(futures)
         results: list[object | WarblerError] = []
         retry: list[int] = []
-        for index, future in enumerate(futures):
+        for index, (_, future) in enumerate(submitted):
+            # One await per pending future (not asyncio.wait, which adds and removes a
+            # callback on every future): a batch's futures resolve together, so after the
+            # first of them the rest are already done.
+            if not future.done():
+                with contextlib.suppress(Exception):
+                    await future
             exc = future.exception()
             value = exc if exc is not None else future.result()
             if _needs_retry(value) or isinstance(value, Redirect):

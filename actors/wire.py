@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from actors.messages import _Wire
 from warbler.errors import ErrorCode, WarblerError
 
 Envelope = tuple[str, object]
@@ -16,7 +17,7 @@ BatchReply = tuple[int, list[object]]
 
 
 @dataclass(frozen=True, slots=True)
-class Redirect:
+class Redirect(_Wire):
     """Deliver ``message`` to ``key`` instead: the answer of the ``"conv:new"`` factory once it
     has created (or found) the conversation. The runtime follows it transparently."""
 

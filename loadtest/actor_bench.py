@@ -250,7 +250,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     db = Database.from_settings(settings)
     await db.migrate()
+    # Ray nices its workers to 15; on a machine shared with other work at nice 0 the hosts
+    # would be measured starved. A dedicated node would not care either way.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(
+        address="local",  # a cluster of our own, even if `ray start` ran on this machine
         num_cpus=4,
         resources={"warbler_host": 8},
         namespace=settings.namespace,

@@ -231,3 +231,23 @@ async def test_no_host_serves_a_moving_key_until_the_move_commits(
     for key in moving:
         assert isinstance(await ask_host(b, 2, key), ConversationInfo)
         assert stale(await ask_host(a, 2, key))
+
+
+async def test_a_suspended_handler_keeps_later_messages_in_order(
+    host_factory: HostFactory,
+) -> None:
+    host = await host_factory()
+    key = user_key(10**12 + 77)
+    # ConnectDevice waits on Redis (the mailbox suspends); the reads queued behind it must
+    # see the devices in arrival order.
+    results = await batch(
+        host,
+        [
+            (key, ConnectDevice("d1", "r")),
+            (key, GetSession()),
+            (key, ConnectDevice("d2", "r")),
+            (key, GetSession()),
+        ],
+    )
+    assert [d.device_id for d in results[1].devices] == ["d1"]
+    assert [d.device_id for d in results[3].devices] == ["d1", "d2"]
