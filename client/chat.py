@@ -30,7 +30,7 @@ HELP = """\
 [bold]commands[/bold]
   /list                     conversations with unread counts
   /open <#id|username>      open a conversation (by id, or the direct chat with a user)
-  /dm <username>            same as /open <username>
+  /dm <username>            open the direct chat with a user (always a username)
   /group <title> [user ...] create a group (title in quotes if it has spaces)
   /add <user> [user ...]    add members to the open group
   /members                  members of the open conversation
@@ -59,7 +59,7 @@ class ChatApp:
         self._commands: dict[str, Callable[[list[str]], Awaitable[None]]] = {
             "list": self._cmd_list,
             "open": self._cmd_open,
-            "dm": self._cmd_open,
+            "dm": self._cmd_dm,
             "group": self._cmd_group,
             "add": self._cmd_add,
             "members": self._cmd_members,
@@ -255,6 +255,15 @@ class ChatApp:
             conv = await self.client.get_conversation(int(target.lstrip("#")))
         else:
             conv = await self.client.open_direct(target)
+        await self._show(conv)
+
+    async def _cmd_dm(self, args: list[str]) -> None:
+        if len(args) != 1:
+            self.say("usage: /dm <username>")
+            return
+        await self._show(await self.client.open_direct(args[0]))
+
+    async def _show(self, conv: ConversationPublic) -> None:
         await self._remember(conv)
         self.current = conv.id
         self._oldest_shown = None

@@ -59,7 +59,10 @@ def chat(
     try:
         asyncio.run(_chat(url, username, password, register, display_name))
     except WarblerError as exc:
-        Console(stderr=True).print(f"[red]{exc.code.value}:[/red] {exc.message}", highlight=False)
+        err = Console(stderr=True)
+        err.print(f"[red]{exc.code.value}:[/red] {exc.message}", highlight=False)
+        if exc.code is ErrorCode.UNAUTHENTICATED and not register:
+            err.print("[dim]new here? add --register to create the account[/dim]")
         raise typer.Exit(2 if exc.code is ErrorCode.UNAUTHENTICATED else 1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None

@@ -109,7 +109,16 @@
 
   let refreshing = null;
   function refreshTokens() {
-    // One refresh at a time: refresh tokens rotate, so a second concurrent one would fail.
+    // Another tab of this browser may have refreshed already (refresh tokens rotate, so ours
+    // would now be refused): adopt its newer tokens instead.
+    const stored = JSON.parse(localStorage.getItem(SESSION_KEY) || "null");
+    if (stored && state.session && stored.user.id === state.session.user.id
+        && stored.refresh !== state.session.refresh
+        && stored.expiresAt > Date.now() + REFRESH_MARGIN_MS) {
+      state.session = stored;
+      return Promise.resolve();
+    }
+    // One refresh at a time: a second concurrent one would spend the same refresh token.
     if (!refreshing) {
       const refresh = state.session && state.session.refresh;
       refreshing = request("POST", "/auth/refresh", { refresh_token: refresh }, false)
@@ -289,6 +298,7 @@
         for (const p of state.pending.values()) sendFrame(p.frame);
         if (state.everOpen) refreshAfterResume();
         state.everOpen = true;
+        if (state.current) markRead(state.current); // a read that failed while offline
         break;
       case "message":
         await applyMessage(frame);
