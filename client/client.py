@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from pydantic import JsonValue, ValidationError
+from pydantic import JsonValue
 
 from client.backoff import Backoff
 from client.connection import Connection, Hooks, ResyncNeeded
 from client.events import ConnectionEvent, Event
-from client.rest import RestClient
+from client.rest import RestClient, build
 from client.sequencer import Sequencer
 from warbler.errors import ErrorCode, WarblerError
 from warbler.protocol import (
@@ -183,9 +183,12 @@ class WarblerClient:
         return tokens.user
 
     async def logout(self, *, all_devices: bool = False) -> None:
-        """Revoke the session (closes the socket first)."""
+        """Revoke the session (this device's, or every device's) and close the client."""
         await self._connection.stop()
-        await self.rest.logout(all_devices=all_devices)
+        try:
+            await self.rest.logout(all_devices=all_devices)
+        finally:
+            await self.close()
 
     async def connect(self, timeout_s: float | None = 30.0) -> None:
         """Open the WebSocket (and keep it open) and wait until it is authenticated.
@@ -409,17 +412,15 @@ class WarblerClient:
             raise self._connection.fatal
         to_user_id = await self.resolve_user(to_user) if to_user is not None else None
         client_msg_id = client_msg_id or uuid.uuid4().hex
-        try:
-            frame = SendFrame(
-                id=client_msg_id,
-                conversation_id=conversation_id,
-                to_user_id=to_user_id,
-                client_msg_id=client_msg_id,
-                kind=kind,
-                body=body,
-            )
-        except ValidationError as exc:
-            raise WarblerError(ErrorCode.VALIDATION, str(exc.errors()[0]["msg"])) from None
+        frame = build(
+            SendFrame,
+            id=client_msg_id,
+            conversation_id=conversation_id,
+            to_user_id=to_user_id,
+            client_msg_id=client_msg_id,
+            kind=kind,
+            body=body,
+        )
         if self.limits is not None and body_size(body) > self.limits.max_body_bytes:
             raise WarblerError(
                 ErrorCode.TOO_LARGE, f"body exceeds {self.limits.max_body_bytes} bytes"
@@ -442,7 +443,7 @@ class WarblerClient:
 
     async def typing(self, conversation_id: int, active: bool = True) -> None:
         """Tell the other members this user is (or stopped) typing; dropped while offline."""
-        frame = TypingFrame(conversation_id=conversation_id, active=active)
+        frame = build(TypingFrame, conversation_id=conversation_id, active=active)
         await self._connection.send_text(dump_frame(frame))
 
     async def mark_read(self, conversation_id: int, seq: int) -> ReceiptPublic:
@@ -550,4 +551,3 @@ class WarblerClient:
     async def presence(self, user_ids: Sequence[int]) -> PresencePublic:
         """Which of these users are online now."""
         return await self.rest.presence(list(user_ids))
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -81,6 +81,19 @@ def error_from_response(response: httpx.Response) -> WarblerError:
     return WarblerError(code, f"HTTP {response.status_code}: {text}", response.status_code)
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def build(model: type[M], **fields: Any) -> M:
+    """A request body from fields; bad input raises ``WarblerError(VALIDATION)``, sends nothing."""
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or model.__name__
+        raise WarblerError(ErrorCode.VALIDATION, f"{where}: {first['msg']}") from None
+
+
 class RestClient:
     """One user's REST session against a gateway. Holds the tokens and refreshes them.
 
@@ -142,7 +155,7 @@ class RestClient:
             tokens = self._require_tokens()
             if stale is not None and tokens.access_token != stale:
                 return tokens
-            body = RefreshCreate(refresh_token=tokens.refresh_token)
+            body = build(RefreshCreate, refresh_token=tokens.refresh_token)
             answer = await self._call("POST", "/auth/refresh", body, auth=False, idempotent=False)
             self.tokens = Tokens.from_public(TokenPublic.model_validate(answer))
             logger.debug("refreshed tokens of user %s", self.tokens.user.id)
@@ -191,11 +204,7 @@ class RestClient:
                 refreshed = True
                 await self.refresh(stale=token)
                 continue
-            if (
-                response.status_code in _RETRY_STATUS
-                and idempotent
-                and attempt <= self._retries
-            ):
+            if response.status_code in _RETRY_STATUS and idempotent and attempt <= self._retries:
                 await asyncio.sleep(backoff.next_delay())
                 continue
             raise error_from_response(response)
@@ -217,12 +226,12 @@ class RestClient:
         self, username: str, password: str, display_name: str | None = None
     ) -> UserPublic:
         """Create an account (does not log in)."""
-        body = UserCreate(username=username, password=password, display_name=display_name)
+        body = build(UserCreate, username=username, password=password, display_name=display_name)
         return self._parse(UserPublic, await self._call("POST", "/auth/register", body, auth=False))
 
     async def login(self, username: str, password: str) -> Tokens:
         """Log in and keep the tokens for later calls."""
-        body = SessionCreate(username=username, password=password)
+        body = build(SessionCreate, username=username, password=password)
         answer = await self._call("POST", "/auth/login", body, auth=False, idempotent=True)
         self.tokens = Tokens.from_public(self._parse(TokenPublic, answer))
         return self.tokens
@@ -230,7 +239,7 @@ class RestClient:
     async def logout(self, *, all_devices: bool = False) -> None:
         """Revoke this session's refresh token (or every device's) and forget the tokens."""
         tokens = self._require_tokens()
-        body = LogoutCreate(refresh_token=tokens.refresh_token, all_devices=all_devices)
+        body = build(LogoutCreate, refresh_token=tokens.refresh_token, all_devices=all_devices)
         await self._call("POST", "/auth/logout", body, idempotent=True)
         self.tokens = None
 
@@ -240,7 +249,7 @@ class RestClient:
 
     async def update_me(self, display_name: str) -> UserPublic:
         """Change the logged-in user's display name."""
-        body = UserUpdate(display_name=display_name)
+        body = build(UserUpdate, display_name=display_name)
         return self._parse(UserPublic, await self._call("PATCH", "/users/me", body))
 
     async def get_user(self, user_id: int) -> UserPublic:
@@ -284,26 +293,26 @@ class RestClient:
 
     async def create_group(self, title: str, member_ids: list[int]) -> ConversationPublic:
         """Create a group; the caller becomes its owner."""
-        body = GroupCreate(title=title, member_ids=member_ids)
+        body = build(GroupCreate, title=title, member_ids=member_ids)
         return self._parse(ConversationPublic, await self._call("POST", "/conversations", body))
 
     async def open_direct(self, user_id: int) -> ConversationPublic:
         """Get or open the direct conversation with a user."""
-        body = DirectCreate(user_id=user_id)
+        body = build(DirectCreate, user_id=user_id)
         answer = await self._call("POST", "/conversations/direct", body, idempotent=True)
         return self._parse(ConversationPublic, answer)
 
     async def rename(self, conversation_id: int, title: str) -> ConversationPublic:
         """Rename a group (owner or admin)."""
-        body = ConversationUpdate(title=title)
+        body = build(ConversationUpdate, title=title)
         answer = await self._call("PATCH", f"/conversations/{conversation_id}", body)
         return self._parse(ConversationPublic, answer)
 
     async def add_members(
-        self, conversation_id: int, user_ids: list[int], role: str = "member"
+        self, conversation_id: int, user_ids: list[int], role: Literal["admin", "member"] = "member"
     ) -> ConversationPublic:
         """Add users to a group (owner or admin)."""
-        body = MembersCreate.model_validate({"user_ids": user_ids, "role": role})
+        body = build(MembersCreate, user_ids=user_ids, role=role)
         answer = await self._call(
             "POST", f"/conversations/{conversation_id}/members", body, idempotent=True
         )
@@ -316,7 +325,7 @@ class RestClient:
     async def set_role(self, conversation_id: int, user_id: int, role: Role) -> ConversationPublic:
         """Change a member's role (owner only)."""
         path = f"/conversations/{conversation_id}/members/{user_id}/role"
-        answer = await self._call("PUT", path, RoleUpdate(role=role))
+        answer = await self._call("PUT", path, build(RoleUpdate, role=role))
         return self._parse(ConversationPublic, answer)
 
     async def leave(self, conversation_id: int) -> None:
@@ -344,9 +353,9 @@ class RestClient:
 
     async def mark_read(self, conversation_id: int, seq: int) -> ReceiptPublic:
         """Mark everything up to ``seq`` read."""
-        answer = await self._call(
-            "POST", f"/conversations/{conversation_id}/read", ReadCreate(seq=seq), idempotent=True
-        )
+        body = build(ReadCreate, seq=seq)
+        path = f"/conversations/{conversation_id}/read"
+        answer = await self._call("POST", path, body, idempotent=True)
         return self._parse(ReceiptPublic, answer)
 
     async def post_message(self, message: MessageCreate) -> AckPublic:

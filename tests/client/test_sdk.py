@@ -287,8 +287,10 @@ async def test_resume_from_saved_cursors_after_being_offline(gateway_url: str, u
             await next_of(bob, MessageFrame)
             saved = bob.cursors
         # Bob is offline: three messages.
-        missed = [await alice.send(f"offline {i}", conversation_id=first.conversation_id)
-                  for i in range(3)]
+        missed = [
+            await alice.send(f"offline {i}", conversation_id=first.conversation_id)
+            for i in range(3)
+        ]
         async with WarblerClient(gateway_url, cursors=saved) as bob_again:
             await bob_again.login(f"bob_{uid}", PASSWORD)
             await bob_again.connect()

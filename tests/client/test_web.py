@@ -134,7 +134,7 @@ async def test_two_browsers_chat_with_receipts_and_typing(
     await alice.fill("#group-members", f"bob_{uid}")
     await alice.click("#group-submit")
     await expect(alice.locator("#thread-name")).to_have_text("Weekend <plans>")
-    await expect(alice.locator(".system").first).to_have_text('Alice created “Weekend <plans>”')
+    await expect(alice.locator(".system").first).to_have_text("Alice created “Weekend <plans>”")
     await alice.fill("#message-input", "Who is in?")
     await alice.press("#message-input", "Enter")
     group = bob.locator("#conv-list .conv", has_text="Weekend <plans>")
