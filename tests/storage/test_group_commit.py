@@ -276,3 +276,26 @@ def test_append_values_pickle() -> None:
     ]
     for value in values:
         assert pickle.loads(pickle.dumps(value)) == value
+
+
+async def test_client_msg_ids_compare_exactly(
+    db: Database, conversations: ConversationStore, sender: User, uid: str
+) -> None:
+    (conv,) = await _groups(conversations, sender, 1)
+    counter = SeqCounter()
+    writer = await _started(GroupCommitWriter(db, max_delay_ms=1))
+    try:
+        lower = await writer.append(MessageDraft(conv, sender.id, f"k-{uid}", "t", {}), counter)
+        upper = await writer.append(
+            MessageDraft(conv, sender.id, f"K-{uid}".upper(), "t", {}), counter
+        )
+        emoji = await writer.append(MessageDraft(conv, sender.id, f"🐦-{uid}", "t", {}), counter)
+        again = await writer.append(MessageDraft(conv, sender.id, f"🐦-{uid}", "t", {}), counter)
+    finally:
+        await writer.stop()
+    assert [(m.seq, m.duplicate) for m in (lower, upper, emoji, again)] == [
+        (1, False),
+        (2, False),
+        (3, False),
+        (3, True),
+    ]
