@@ -53,6 +53,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=int, default=100, help="direct: sender/receiver pairs")
     p.add_argument("--window", type=int, default=8, help="direct: messages in flight per sender")
     p.add_argument("--members", default="100,1000", help="group: sizes, comma-separated")
+    p.add_argument("--group-window", type=int, default=16,
+                   help="group: messages in flight from the sender")
     p.add_argument("--sockets", type=int, default=20_000, help="connections: sockets to open")
     p.add_argument("--missed", type=int, default=10_000, help="sync: messages missed")
     p.add_argument("--body-bytes", type=int, default=64, help="message body size")
@@ -72,7 +74,8 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
     bad = [
         name for name, value, low in (
             ("--workers", args.workers, 1), ("--pairs", args.pairs, 1),
-            ("--window", args.window, 1), ("--sockets", args.sockets, 1),
+            ("--window", args.window, 1), ("--group-window", args.group_window, 1),
+            ("--sockets", args.sockets, 1),
             ("--missed", args.missed, 1), ("--body-bytes", args.body_bytes, 20),
         ) if value < low
     ]
@@ -88,6 +91,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         pairs=args.pairs,
         window=args.window,
         members=members,
+        group_window=args.group_window,
         sockets=args.sockets,
         missed=args.missed,
         body_bytes=args.body_bytes,

@@ -67,7 +67,7 @@ class Check:
         """The check as a JSON object."""
         return {
             "name": self.name,
-            "value": _round(self.value),
+            "value": self.value if isinstance(self.value, int) else _round(self.value),
             "op": self.op,
             "threshold": self.threshold,
             "met": self.met,

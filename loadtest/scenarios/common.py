@@ -34,6 +34,7 @@ class BenchOptions:
     pairs: int = 100
     window: int = 8
     members: list[int] = field(default_factory=lambda: [100, 1000])
+    group_window: int = 16
     sockets: int = 20_000
     sockets_per_worker: int = 9_000
     idle_users: int = 50

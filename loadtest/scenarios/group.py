@@ -1,9 +1,10 @@
 """`group`: one sender into a group of G members (G = 100 and 1,000), every member online.
 
 For each G: a new group (the sender owns it, the other G - 1 members each have one device,
-spread over the generator processes). Phase 1: closed loop (the sender keeps ``window`` messages
-in flight): the highest delivery rate. Phase 2: open loop at half that message rate: latency to
-each member and to the *last* member of each message (the fan-out's completion).
+spread over the generator processes). Phase 1: closed loop (the sender keeps
+``--group-window`` messages in flight): the highest delivery rate. Phase 2: open loop at half
+that message rate: latency to each member and to the *last* member of each message (the
+fan-out's completion).
 Targets at G = 1,000: >= 50,000 deliveries/s; p99 to the last member < 200 ms.
 """
 
@@ -33,7 +34,6 @@ logger = logging.getLogger(__name__)
 TARGET_MEMBERS = 1000
 MIN_DELIVERIES_PER_S = 50_000.0
 MAX_LAST_MEMBER_P99_MS = 200.0
-WINDOW = 4
 
 
 def plans(target: Target, members: int, options: BenchOptions, run_id: str) -> list[WorkerPlan]:
@@ -65,8 +65,9 @@ def measure_one(target: Target, members: int, options: BenchOptions) -> dict[str
     run_id = new_run_id()
     with generator(target, plans(target, members, options, run_id), ready_s=180) as pool:
         pool.require_all_connected(members)
-        pool.run(Phase(duration_s=options.warmup_s, window=WINDOW, drain_s=10))
-        peak = pool.run(Phase(duration_s=options.duration_s, window=WINDOW, drain_s=15,
+        window = options.group_window
+        pool.run(Phase(duration_s=options.warmup_s, window=window, drain_s=10))
+        peak = pool.run(Phase(duration_s=options.duration_s, window=window, drain_s=15,
                               body_bytes=options.body_bytes))
         half = peak.summary.acked_per_s / 2
         paced = pool.run(Phase(duration_s=options.duration_s, rate_per_flow=half, drain_s=15,
@@ -126,8 +127,8 @@ def result(
         warbler=warbler,
         baseline=baseline,
         limits=limits,
-        params={"members": options.members, "window": WINDOW, "duration_s": options.duration_s,
-                "workers": options.workers},
+        params={"members": options.members, "window": options.group_window,
+                "duration_s": options.duration_s, "workers": options.workers},
     )
     if warbler is not None:
         at_target = warbler.extra.get("by_members", {}).get(str(TARGET_MEMBERS))
