@@ -105,9 +105,11 @@ class Device:
     @property
     def connected(self) -> bool:
         """True while the socket is open and authenticated."""
-        return self._conn is not None and self._conn.is_open and self._hello is not None and (
-            self._hello.done() and not self._hello.exception()
+        hello = self._hello
+        said_hello = hello is not None and hello.done() and not hello.cancelled() and (
+            hello.exception() is None
         )
+        return said_hello and self._conn is not None and self._conn.is_open
 
     async def connect(self, cursors: dict[int, int] | None = None, timeout_s: float = 15.0) -> None:
         """Open the socket and say hello; with ``cursors`` also wait for the sync to finish."""
