@@ -15,9 +15,9 @@ from pathlib import Path
 
 from warbler.config import Settings
 
-# Serve puts haproxy's admin and metrics sockets under <dir>/<56-hex node id>/; a unix socket
-# path must fit in 107 bytes.
-_MAX_SOCKET_DIR = 107 - 57 - len("/metrics.sock")
+# Serve puts haproxy's admin and metrics sockets under <dir>/<56-hex node id>/, and haproxy
+# binds them first as "<path>.<pid>.tmp": all of it must fit a unix socket path (107 bytes).
+_MAX_SOCKET_DIR = 107 - len("/") - 56 - len("/metrics.sock") - len(".4194304.tmp")
 # After a scale-in starts, the replica keeps taking traffic this long so haproxy can
 # deregister it, then closes its sockets with 1012 (clients reconnect elsewhere).
 DRAINING_PERIOD_S = 5
@@ -39,8 +39,8 @@ def haproxy_dir(settings: Settings) -> Path:
     preferred = (settings.data_dir / "haproxy").resolve()
     if len(str(preferred)) <= _MAX_SOCKET_DIR:
         return preferred
-    digest = hashlib.sha1(str(preferred).encode()).hexdigest()[:10]
-    return Path(tempfile.gettempdir()) / f"warbler-haproxy-{digest}"
+    digest = hashlib.sha1(str(preferred).encode()).hexdigest()[:8]
+    return Path(tempfile.gettempdir()) / f"whp-{digest}"
 
 
 def ingress_env(
