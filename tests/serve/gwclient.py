@@ -92,8 +92,13 @@ class Socket:
         return await asyncio.wait_for(future, timeout)
 
     async def send_message(
-        self, body: Any, *, conversation_id: int | None = None, to_user_id: int | None = None,
-        client_msg_id: str | None = None, kind: str = "text",
+        self,
+        body: Any,
+        *,
+        conversation_id: int | None = None,
+        to_user_id: int | None = None,
+        client_msg_id: str | None = None,
+        kind: str = "text",
     ) -> dict[str, Any]:
         frame: dict[str, Any] = {
             "type": "send",
@@ -107,9 +112,7 @@ class Socket:
             frame["to_user_id"] = to_user_id
         return await self.request(frame)
 
-    async def wait_for(
-        self, predicate: Any, timeout: float = TIMEOUT_S
-    ) -> dict[str, Any]:
+    async def wait_for(self, predicate: Any, timeout: float = TIMEOUT_S) -> dict[str, Any]:
         """The first pushed frame matching ``predicate`` (already received or coming)."""
         deadline = asyncio.get_running_loop().time() + timeout
         seen = 0
@@ -130,7 +133,8 @@ class Socket:
     def messages(self, conversation_id: int) -> list[dict[str, Any]]:
         """The `message` frames received for a conversation, in arrival order."""
         return [
-            f for f in self.pushed
+            f
+            for f in self.pushed
             if f.get("type") == "message" and f.get("conversation_id") == conversation_id
         ]
 
@@ -224,7 +228,9 @@ class Device:
         while True:
             try:
                 sock, _ = await connect(
-                    self.ws_url, self.account, device_id=self.device_id,
+                    self.ws_url,
+                    self.account,
+                    device_id=self.device_id,
                     cursors={c: self.cursor(c) for c in conversations},
                 )
                 break

@@ -10,12 +10,13 @@ import uuid
 import httpx
 import pytest
 import websockets
-
 from conftest import GatewayInfo
 from gwclient import Account, connect, make_account
 
 
-async def test_direct_chat_opened_on_first_send(http: httpx.AsyncClient, gateway: GatewayInfo) -> None:
+async def test_direct_chat_opened_on_first_send(
+    http: httpx.AsyncClient, gateway: GatewayInfo
+) -> None:
     alice, bob = await make_account(http, "alice"), await make_account(http, "bob")
     a, _ = await connect(gateway.ws_url, alice, cursors={})
     b, _ = await connect(gateway.ws_url, bob, cursors={}, token_in="header")
@@ -25,7 +26,9 @@ async def test_direct_chat_opened_on_first_send(http: httpx.AsyncClient, gateway
         assert ack["seq"] == 1 and ack["duplicate"] is False
         conv = ack["conversation_id"]
         [msg] = await b.wait_messages(conv, 1)
-        assert msg["body"] == "hi bob" and msg["sender_id"] == alice.user_id and msg["kind"] == "text"
+        assert (
+            msg["body"] == "hi bob" and msg["sender_id"] == alice.user_id and msg["kind"] == "text"
+        )
         # Bob answers in the same conversation, with a JSON body.
         ack2 = await b.send_message({"sticker": "wave"}, conversation_id=conv, kind="json")
         assert ack2["seq"] == 2
@@ -72,13 +75,17 @@ async def test_group_chat(http: httpx.AsyncClient, gateway: GatewayInfo) -> None
     group = r.json()
     conv = group["id"]
     assert {m["user_id"]: m["role"] for m in group["members"]} == {
-        owner.user_id: "owner", **{m.user_id: "member" for m in members[:3]}
+        owner.user_id: "owner",
+        **{m.user_id: "member" for m in members[:3]},
     }
     socks = [(await connect(gateway.ws_url, acc, cursors={}))[0] for acc in [owner, *members]]
     try:
         # Everybody sends; everybody else gets every message, in seq order.
         acks = await asyncio.gather(
-            *(s.send_message(f"hello from {i}", conversation_id=conv) for i, s in enumerate(socks[:4]))
+            *(
+                s.send_message(f"hello from {i}", conversation_id=conv)
+                for i, s in enumerate(socks[:4])
+            )
         )
         seqs = sorted(a["seq"] for a in acks)
         assert seqs == list(range(seqs[0], seqs[0] + 4))
@@ -96,7 +103,8 @@ async def test_group_chat(http: httpx.AsyncClient, gateway: GatewayInfo) -> None
         assert outsider.messages(conv) == []
         # Adding them: their socket is told and starts receiving the conversation.
         r = await http.post(
-            f"/v1/conversations/{conv}/members", json={"user_ids": [members[3].user_id]},
+            f"/v1/conversations/{conv}/members",
+            json={"user_ids": [members[3].user_id]},
             headers=owner.headers,
         )
         assert r.status_code == 200, r.text
@@ -105,16 +113,23 @@ async def test_group_chat(http: httpx.AsyncClient, gateway: GatewayInfo) -> None
         got = await outsider.wait_for(lambda f: f["type"] == "message" and f["seq"] == ack["seq"])
         assert got["body"] == "welcome"
         # Rename, roles, removal, leave.
-        r = await http.patch(f"/v1/conversations/{conv}", json={"title": "Team 2"}, headers=owner.headers)
+        r = await http.patch(
+            f"/v1/conversations/{conv}", json={"title": "Team 2"}, headers=owner.headers
+        )
         assert r.json()["title"] == "Team 2"
-        r = await http.patch(f"/v1/conversations/{conv}", json={"title": "No"}, headers=members[0].headers)
+        r = await http.patch(
+            f"/v1/conversations/{conv}", json={"title": "No"}, headers=members[0].headers
+        )
         assert r.status_code == 403
         r = await http.put(
-            f"/v1/conversations/{conv}/members/{members[0].user_id}/role", json={"role": "admin"},
+            f"/v1/conversations/{conv}/members/{members[0].user_id}/role",
+            json={"role": "admin"},
             headers=owner.headers,
         )
         assert {m["user_id"]: m["role"] for m in r.json()["members"]}[members[0].user_id] == "admin"
-        r = await http.delete(f"/v1/conversations/{conv}/members/{members[1].user_id}", headers=members[0].headers)
+        r = await http.delete(
+            f"/v1/conversations/{conv}/members/{members[1].user_id}", headers=members[0].headers
+        )
         assert r.status_code == 204
         await socks[2].wait_for(lambda f: f["type"] == "conversation" and f["event"] == "removed")
         err = await socks[2].send_message("still here?", conversation_id=conv)
@@ -166,7 +181,9 @@ async def _send_many(sock, conv: int, n: int) -> None:  # type: ignore[no-untype
 async def test_two_devices_of_one_user(http: httpx.AsyncClient, gateway: GatewayInfo) -> None:
     alice, bob = await make_account(http, "alice"), await make_account(http, "bob")
     phone, _ = await connect(gateway.ws_url, alice, cursors={}, device_id="phone")
-    laptop, _ = await connect(gateway.ws_url, alice, cursors={}, device_id="laptop", token_in="query")
+    laptop, _ = await connect(
+        gateway.ws_url, alice, cursors={}, device_id="laptop", token_in="query"
+    )
     b, _ = await connect(gateway.ws_url, bob, cursors={})
     try:
         ack = await phone.send_message("from the phone", to_user_id=bob.user_id)
@@ -177,7 +194,9 @@ async def test_two_devices_of_one_user(http: httpx.AsyncClient, gateway: Gateway
         await b.wait_messages(conv, 1)
         reply = await b.send_message("to both devices", conversation_id=conv)
         for dev in (phone, laptop):
-            got = await dev.wait_for(lambda f: f.get("seq") == reply["seq"] and f["type"] == "message")
+            got = await dev.wait_for(
+                lambda f: f.get("seq") == reply["seq"] and f["type"] == "message"
+            )
             assert got["body"] == "to both devices"
         # Reading on one device tells the other.
         await laptop.request({"type": "read", "conversation_id": conv, "seq": reply["seq"]})
@@ -191,7 +210,9 @@ async def test_two_devices_of_one_user(http: httpx.AsyncClient, gateway: Gateway
             await s.close()
 
 
-async def test_resend_with_same_client_id_stores_once(http: httpx.AsyncClient, gateway: GatewayInfo) -> None:
+async def test_resend_with_same_client_id_stores_once(
+    http: httpx.AsyncClient, gateway: GatewayInfo
+) -> None:
     alice, bob = await make_account(http, "alice"), await make_account(http, "bob")
     a, _ = await connect(gateway.ws_url, alice, cursors={})
     try:
@@ -208,12 +229,17 @@ async def test_resend_with_same_client_id_stores_once(http: httpx.AsyncClient, g
             json={"conversation_id": conv, "client_msg_id": cmid, "body": "once"},
             headers=alice.headers,
         )
-        assert r.status_code == 200 and r.json()["duplicate"] is True and r.json()["seq"] == first["seq"]
+        assert (
+            r.status_code == 200
+            and r.json()["duplicate"] is True
+            and r.json()["seq"] == first["seq"]
+        )
         r = await http.get(f"/v1/conversations/{conv}/messages", headers=alice.headers)
         assert [m["seq"] for m in r.json()["messages"]] == [first["seq"]]
         # A new id over REST is a new message.
         r = await http.post(
-            "/v1/messages", json={"conversation_id": conv, "client_msg_id": uuid.uuid4().hex, "body": "two"},
+            "/v1/messages",
+            json={"conversation_id": conv, "client_msg_id": uuid.uuid4().hex, "body": "two"},
             headers=alice.headers,
         )
         assert r.status_code == 201 and r.json()["seq"] == first["seq"] + 1
@@ -221,7 +247,9 @@ async def test_resend_with_same_client_id_stores_once(http: httpx.AsyncClient, g
         await a.close()
 
 
-async def test_malformed_frames_get_error_frames(http: httpx.AsyncClient, gateway: GatewayInfo) -> None:
+async def test_malformed_frames_get_error_frames(
+    http: httpx.AsyncClient, gateway: GatewayInfo
+) -> None:
     alice, bob = await make_account(http, "alice"), await make_account(http, "bob")
     a, _ = await connect(gateway.ws_url, alice)
     try:
@@ -232,15 +260,31 @@ async def test_malformed_frames_get_error_frames(http: httpx.AsyncClient, gatewa
         assert err["type"] == "error" and err["code"] == "validation_error"
         err = await a.request({"type": "warp", "speed": 9})
         assert err["code"] == "validation_error"
-        err = await a.request({"type": "send", "to_user_id": bob.user_id, "client_msg_id": "y", "kind": "json", "body": "not an object"})
+        err = await a.request(
+            {
+                "type": "send",
+                "to_user_id": bob.user_id,
+                "client_msg_id": "y",
+                "kind": "json",
+                "body": "not an object",
+            }
+        )
         assert err["code"] == "validation_error"
         big = "x" * (gateway.settings.max_frame_bytes + 10)
         await a.ws.send(json.dumps({"type": "ping", "id": "big", "pad": big}))
         err = await a.wait_for(lambda f: f["type"] == "error" and f["code"] == "too_large")
-        err = await a.request({"type": "send", "to_user_id": bob.user_id, "client_msg_id": "z",
-                               "body": "y" * (gateway.settings.max_body_bytes + 1)})
+        err = await a.request(
+            {
+                "type": "send",
+                "to_user_id": bob.user_id,
+                "client_msg_id": "z",
+                "body": "y" * (gateway.settings.max_body_bytes + 1),
+            }
+        )
         assert err["code"] == "too_large"
-        err = await a.request({"type": "send", "to_user_id": alice.user_id, "client_msg_id": "me", "body": "hi me"})
+        err = await a.request(
+            {"type": "send", "to_user_id": alice.user_id, "client_msg_id": "me", "body": "hi me"}
+        )
         assert err["code"] == "bad_request"
         err = await a.request({"type": "hello", "protocol": 1})
         assert err["code"] == "bad_request"
@@ -262,7 +306,9 @@ async def test_malformed_frames_get_error_frames(http: httpx.AsyncClient, gatewa
         ({"type": "hello", "protocol": 1}, 4401),
     ],
 )
-async def test_handshake_refusals(gateway: GatewayInfo, first: dict[str, object], code: int) -> None:
+async def test_handshake_refusals(
+    gateway: GatewayInfo, first: dict[str, object], code: int
+) -> None:
     async with websockets.connect(gateway.ws_url) as ws:
         await ws.send(json.dumps(first))
         err = json.loads(await ws.recv())

@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from conftest import GatewayInfo
 from gwclient import Account, Device, make_account
 
@@ -46,15 +45,23 @@ async def _group(http: httpx.AsyncClient, owner: Account, members: list[Account]
     return int(r.json()["id"])
 
 
-async def _check_log(http: httpx.AsyncClient, owner: Account, conv: int, acked: list[dict[str, Any]]) -> int:
-    r = await http.get(f"/v1/conversations/{conv}/messages", params={"after_seq": 0, "limit": 1000}, headers=owner.headers)
+async def _check_log(
+    http: httpx.AsyncClient, owner: Account, conv: int, acked: list[dict[str, Any]]
+) -> int:
+    r = await http.get(
+        f"/v1/conversations/{conv}/messages",
+        params={"after_seq": 0, "limit": 1000},
+        headers=owner.headers,
+    )
     log = r.json()["messages"]
     seqs = [m["seq"] for m in log]
     assert seqs == list(range(1, len(seqs) + 1)), "the log is gapless"
     by_cmid = {m["client_msg_id"]: m["seq"] for m in log}
     assert len(by_cmid) == len(log), "nothing stored twice"
     for ack in acked:
-        assert by_cmid[ack["client_msg_id"]] == ack["seq"], "every acked message is stored under its seq"
+        assert by_cmid[ack["client_msg_id"]] == ack["seq"], (
+            "every acked message is stored under its seq"
+        )
     return len(log)
 
 

@@ -24,13 +24,17 @@ def test_up_detach_then_down(tmp_path: Path) -> None:
     data_dir = tmp_path / "w"
     port = free_port()
     env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if not k.startswith(("WARBLER_", "RAY_"))  # embedded defaults, whatever the session uses
     }
     env.update({"WARBLER_DATA_DIR": str(data_dir), "WARBLER_NAMESPACE": "launcher"})
     up = subprocess.run(
         [WARBLER, "up", "--detach", "--port", str(port)],
-        env=env, capture_output=True, text=True, timeout=400,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     state_path = data_dir / "up.json"
     try:
@@ -41,11 +45,15 @@ def test_up_detach_then_down(tmp_path: Path) -> None:
         base = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{base}/readyz", timeout=10).json()["status"] == "ok"
         assert httpx.get(f"{base}/docs", timeout=10).status_code == 200
-        r = httpx.post(f"{base}/v1/auth/register", json={"username": "launcher", "password": "longenough"})
+        r = httpx.post(
+            f"{base}/v1/auth/register", json={"username": "launcher", "password": "longenough"}
+        )
         assert r.status_code == 201, r.text
         assert pids_with_arg(state["haproxy_dir"]), "HAProxy fronts the gateway"
     finally:
-        down = subprocess.run([WARBLER, "down"], env=env, capture_output=True, text=True, timeout=300)
+        down = subprocess.run(
+            [WARBLER, "down"], env=env, capture_output=True, text=True, timeout=300
+        )
     assert down.returncode == 0, down.stdout[-3000:] + down.stderr[-3000:]
     assert not state_path.exists()
     assert not pid_alive(state["ray_head_pid"])
