@@ -2,9 +2,10 @@
 
 Per batch: one SELECT for the ``(sender_id, client_msg_id)`` pairs already stored, seqs assigned
 in order from each draft's counter, one multi-row INSERT ... RETURNING. Only SQLAlchemy Core, no
-ORM objects. On PostgreSQL and MariaDB both statements take the batch as one JSON document
-(``json_to_recordset`` / ``JSON_TABLE``); SQLite and MySQL use SQLAlchemy's insertmanyvalues
-(one multi-row VALUES) and a row-value IN.
+ORM objects. On PostgreSQL, MariaDB and SQLite both statements take the batch as one JSON
+document (``json_to_recordset`` / ``JSON_TABLE`` / ``json_each``); MySQL (no INSERT ...
+RETURNING) and old versions use SQLAlchemy's insertmanyvalues (one multi-row VALUES) and a
+row-value IN.
 """
 
 from __future__ import annotations
@@ -98,14 +99,39 @@ _MARIADB_SQL = _JsonBatchSQL(
 )
 
 
+# SQLite >= 3.38 (JSON functions built in; RETURNING since 3.35). CROSS JOIN fixes the join order
+# so each key probes the (sender_id, client_msg_id) index.
+_SQLITE_SQL = _JsonBatchSQL(
+    existing=text(
+        "SELECT m.id, m.conversation_id, m.seq, m.sender_id, m.client_msg_id, m.kind, m.body,"
+        " m.created_at FROM json_each(:keys) AS k CROSS JOIN messages AS m"
+        " ON m.sender_id = json_extract(k.value, '$.u')"
+        " AND m.client_msg_id = json_extract(k.value, '$.m')"
+    ).columns(*_COLUMNS),
+    insert=text(
+        "INSERT INTO messages"
+        " (conversation_id, seq, sender_id, client_msg_id, kind, body, created_at)"
+        " SELECT json_extract(value, '$.c'), json_extract(value, '$.s'),"
+        " json_extract(value, '$.u'), json_extract(value, '$.m'), json_extract(value, '$.k'),"
+        " json_extract(value, '$.b'), :created_at FROM json_each(:rows)"
+        " RETURNING id, conversation_id, seq"
+    )
+    .bindparams(bindparam("created_at", type_=UTCDateTime()))
+    .columns(_messages.c.id, _messages.c.conversation_id, _messages.c.seq),
+    body_as_text=False,
+)
+
+
 def _json_sql(conn: AsyncConnection) -> _JsonBatchSQL | None:
     dialect = conn.dialect
+    version = tuple((dialect.server_version_info or ())[:2])
     if dialect.name == "postgresql":
         return _PG_SQL
-    version = dialect.server_version_info or ()
-    if getattr(dialect, "is_mariadb", False) and tuple(version[:2]) >= (10, 6):
+    if dialect.name == "sqlite" and version >= (3, 38):
+        return _SQLITE_SQL
+    if getattr(dialect, "is_mariadb", False) and version >= (10, 6):
         return _MARIADB_SQL
-    return None  # SQLite, MySQL: insertmanyvalues and a row-value IN
+    return None  # MySQL, older SQLite/MariaDB: insertmanyvalues and a row-value IN
 
 
 @dataclass(slots=True)
@@ -174,6 +200,8 @@ async def store_batch(
     db: Database,
     items: Sequence[tuple[MessageDraft, SeqCounter]],
     conn: AsyncConnection | None = None,
+    *,
+    portable: bool = False,
 ) -> list[StoredMessage]:
     """Commit ``items`` as one batch (``write_batch``); if it fails, restore the counters and
     re-raise, so no seq is consumed by a batch that did not commit.
@@ -182,10 +210,11 @@ async def store_batch(
     autocommit mode: SELECT + INSERT are two round trips where BEGIN ... COMMIT would add two.
     Elsewhere SQLAlchemy may split a big batch into several INSERTs, so it runs in a transaction.
     ``conn``: a long-lived AUTOCOMMIT connection to use on PostgreSQL instead of the pool.
+    ``portable``: see ``write_batch``; always in a transaction.
     """
     before = [(counter, counter.last_seq) for _, counter in items]
     try:
-        if db.dialect == "postgresql":
+        if db.dialect == "postgresql" and not portable:
             if conn is not None:
                 results = await write_batch(conn, items)
                 await conn.commit()  # ends SQLAlchemy's bookkeeping transaction; no round trip
@@ -193,7 +222,7 @@ async def store_batch(
             async with db.autocommit_engine.connect() as own:
                 return await write_batch(own, items)
         async with db.engine.begin() as own:
-            return await write_batch(own, items)
+            return await write_batch(own, items, portable=portable)
     except BaseException:
         # Captured before any seq was assigned, so repeats of a counter hold the same value.
         for counter, last_seq in before:
@@ -202,15 +231,19 @@ async def store_batch(
 
 
 async def write_batch(
-    conn: AsyncConnection, items: Sequence[tuple[MessageDraft, SeqCounter]]
+    conn: AsyncConnection,
+    items: Sequence[tuple[MessageDraft, SeqCounter]],
+    *,
+    portable: bool = False,
 ) -> list[StoredMessage]:
     """Store ``items`` on ``conn`` and return one result per item, in order.
 
     Advances the counters; the caller restores them if the batch does not commit. A draft
     whose ``(sender_id, client_msg_id)`` is stored, or appears earlier in ``items``, gets that
-    message with ``duplicate=True`` and consumes no seq.
+    message with ``duplicate=True`` and consumes no seq. ``portable`` uses the SQL every engine
+    runs (insertmanyvalues, row-value IN) even where a JSON batch statement exists, as on MySQL.
     """
-    sql = _json_sql(conn)
+    sql = None if portable else _json_sql(conn)
     keys = list(dict.fromkeys((d.sender_id, d.client_msg_id) for d, _ in items))
     existing = await (_existing(conn, keys) if sql is None else _existing_json(conn, sql, keys))
 

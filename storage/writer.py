@@ -47,12 +47,21 @@ class GroupCommitWriter:
     ``max_delay_ms``; while a transaction is in flight new drafts queue for the next batch.
     """
 
-    def __init__(self, db: Database, *, max_batch: int = 512, max_delay_ms: float = 2.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        max_batch: int = 512,
+        max_delay_ms: float = 2.0,
+        portable_sql: bool = False,
+    ) -> None:
         if max_batch < 1:
             raise WarblerError(ErrorCode.CONFIG, "max_batch must be at least 1")
         self._db = db
         self._max_batch = max_batch
         self._max_delay_s = max(0.0, max_delay_ms) / 1000.0
+        # Only the SQL every engine runs (as on MySQL): for tests and the benchmark.
+        self._portable = portable_sql
         self._pending: deque[_Pending] = deque()
         self._nonempty = asyncio.Event()
         self._full = asyncio.Event()
@@ -161,13 +170,13 @@ class GroupCommitWriter:
 
     async def _commit(self, items: list[tuple[MessageDraft, SeqCounter]]) -> list[StoredMessage]:
         conn = None
-        if self._db.dialect == "postgresql":
+        if self._db.dialect == "postgresql" and not self._portable:
             # A connection of its own: no pool checkout and pre-ping round trip per batch.
             if self._conn is None:
                 self._conn = await self._db.autocommit_engine.connect()
             conn = self._conn
         try:
-            return await store_batch(self._db, items, conn)
+            return await store_batch(self._db, items, conn, portable=self._portable)
         except BaseException:
             if conn is not None:
                 await self._drop_connection()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from sqlalchemy.exc import IntegrityError
@@ -24,9 +25,22 @@ MakeUser = Callable[[str], Awaitable[User]]
 HOLD_MS = 60_000.0
 
 
+MakeWriter = Callable[..., GroupCommitWriter]
+
+
 @pytest.fixture
 async def sender(make_user: MakeUser) -> User:
     return await make_user("sender")
+
+
+@pytest.fixture(params=[False, True], ids=["json-batch", "portable-sql"])
+def make_writer(request: pytest.FixtureRequest, db: Database) -> MakeWriter:
+    """Writers using the engine's JSON batch statements, or the SQL every engine runs."""
+
+    def make(**kwargs: Any) -> GroupCommitWriter:
+        return GroupCommitWriter(db, portable_sql=request.param, **kwargs)
+
+    return make
 
 
 async def _groups(conversations: ConversationStore, owner: User, n: int) -> list[int]:
@@ -39,6 +53,7 @@ async def _started(writer: GroupCommitWriter) -> GroupCommitWriter:
 
 
 async def test_concurrent_appends_get_gapless_seqs_in_arrival_order(
+    make_writer: MakeWriter,
     db: Database,
     conversations: ConversationStore,
     messages: MessageStore,
@@ -47,7 +62,7 @@ async def test_concurrent_appends_get_gapless_seqs_in_arrival_order(
 ) -> None:
     convs = await _groups(conversations, sender, 4)
     counters = {c: SeqCounter() for c in convs}
-    writer = await _started(GroupCommitWriter(db, max_batch=64, max_delay_ms=2))
+    writer = await _started(make_writer(max_batch=64, max_delay_ms=2))
     n = 400
     drafts = [
         MessageDraft(convs[i % 4], sender.id, f"{uid}-{i}", "text", {"i": i}) for i in range(n)
@@ -74,11 +89,16 @@ async def test_concurrent_appends_get_gapless_seqs_in_arrival_order(
 
 
 async def test_duplicate_append_returns_the_stored_message(
-    db: Database, conversations: ConversationStore, messages: MessageStore, sender: User, uid: str
+    make_writer: MakeWriter,
+    db: Database,
+    conversations: ConversationStore,
+    messages: MessageStore,
+    sender: User,
+    uid: str,
 ) -> None:
     (conv,) = await _groups(conversations, sender, 1)
     counter = SeqCounter()
-    writer = await _started(GroupCommitWriter(db, max_delay_ms=1))
+    writer = await _started(make_writer(max_delay_ms=1))
     try:
         first = await writer.append(
             MessageDraft(conv, sender.id, f"{uid}-a", "text", {"v": 1}), counter
@@ -102,11 +122,16 @@ async def test_duplicate_append_returns_the_stored_message(
 
 
 async def test_duplicates_within_one_batch(
-    db: Database, conversations: ConversationStore, messages: MessageStore, sender: User, uid: str
+    make_writer: MakeWriter,
+    db: Database,
+    conversations: ConversationStore,
+    messages: MessageStore,
+    sender: User,
+    uid: str,
 ) -> None:
     (conv,) = await _groups(conversations, sender, 1)
     counter = SeqCounter()
-    writer = await _started(GroupCommitWriter(db, max_batch=4, max_delay_ms=HOLD_MS))
+    writer = await _started(make_writer(max_batch=4, max_delay_ms=HOLD_MS))
     drafts = [
         MessageDraft(conv, sender.id, f"{uid}-x", "text", {"copy": 1}),
         MessageDraft(conv, sender.id, f"{uid}-y", "text", {}),
@@ -127,11 +152,16 @@ async def test_duplicates_within_one_batch(
 
 
 async def test_failed_batch_restores_counters_and_fails_every_caller(
-    db: Database, conversations: ConversationStore, messages: MessageStore, sender: User, uid: str
+    make_writer: MakeWriter,
+    db: Database,
+    conversations: ConversationStore,
+    messages: MessageStore,
+    sender: User,
+    uid: str,
 ) -> None:
     bad_conv, good_conv = await _groups(conversations, sender, 2)
-    quick = await _started(GroupCommitWriter(db, max_delay_ms=1))
-    held = await _started(GroupCommitWriter(db, max_batch=3, max_delay_ms=HOLD_MS))
+    quick = await _started(make_writer(max_delay_ms=1))
+    held = await _started(make_writer(max_batch=3, max_delay_ms=HOLD_MS))
     try:
         await quick.append(MessageDraft(bad_conv, sender.id, f"{uid}-0", "text", {}), SeqCounter())
         # A stale counter (0, while seq 1 is stored) makes the INSERT violate (conversation, seq).
@@ -161,11 +191,16 @@ async def test_failed_batch_restores_counters_and_fails_every_caller(
 
 
 async def test_unknown_sender_fails_the_batch_and_stores_nothing(
-    db: Database, conversations: ConversationStore, messages: MessageStore, sender: User, uid: str
+    make_writer: MakeWriter,
+    db: Database,
+    conversations: ConversationStore,
+    messages: MessageStore,
+    sender: User,
+    uid: str,
 ) -> None:
     (conv,) = await _groups(conversations, sender, 1)
     counter = SeqCounter()
-    writer = await _started(GroupCommitWriter(db, max_delay_ms=1))
+    writer = await _started(make_writer(max_delay_ms=1))
     try:
         with pytest.raises(IntegrityError):
             await writer.append(MessageDraft(conv, -1, f"{uid}-ghost", "text", {}), counter)
@@ -176,11 +211,11 @@ async def test_unknown_sender_fails_the_batch_and_stores_nothing(
 
 
 async def test_full_batch_flushes_before_the_delay(
-    db: Database, conversations: ConversationStore, sender: User, uid: str
+    make_writer: MakeWriter, db: Database, conversations: ConversationStore, sender: User, uid: str
 ) -> None:
     (conv,) = await _groups(conversations, sender, 1)
     counter = SeqCounter()
-    writer = await _started(GroupCommitWriter(db, max_batch=5, max_delay_ms=HOLD_MS))
+    writer = await _started(make_writer(max_batch=5, max_delay_ms=HOLD_MS))
     try:
         results = await asyncio.wait_for(
             asyncio.gather(
@@ -198,11 +233,16 @@ async def test_full_batch_flushes_before_the_delay(
 
 
 async def test_stop_flushes_what_is_queued(
-    db: Database, conversations: ConversationStore, messages: MessageStore, sender: User, uid: str
+    make_writer: MakeWriter,
+    db: Database,
+    conversations: ConversationStore,
+    messages: MessageStore,
+    sender: User,
+    uid: str,
 ) -> None:
     (conv,) = await _groups(conversations, sender, 1)
     counter = SeqCounter()
-    writer = await _started(GroupCommitWriter(db, max_batch=100, max_delay_ms=HOLD_MS))
+    writer = await _started(make_writer(max_batch=100, max_delay_ms=HOLD_MS))
     tasks = [
         asyncio.create_task(
             writer.append(MessageDraft(conv, sender.id, f"{uid}-{i}", "t", {}), counter)
@@ -223,6 +263,7 @@ async def test_stop_flushes_what_is_queued(
     [("", "text", {}), ("x" * 65, "text", {}), ("ok", "", {}), ("ok", "k" * 17, {})],
 )
 async def test_bad_drafts_are_rejected_before_queueing(
+    make_writer: MakeWriter,
     db: Database,
     conversations: ConversationStore,
     messages: MessageStore,
@@ -233,7 +274,7 @@ async def test_bad_drafts_are_rejected_before_queueing(
 ) -> None:
     (conv,) = await _groups(conversations, sender, 1)
     counter = SeqCounter()
-    writer = await _started(GroupCommitWriter(db, max_delay_ms=1))
+    writer = await _started(make_writer(max_delay_ms=1))
     try:
         with pytest.raises(WarblerError) as err:
             await writer.append(MessageDraft(conv, sender.id, client_msg_id, kind, body), counter)
@@ -245,11 +286,16 @@ async def test_bad_drafts_are_rejected_before_queueing(
 
 
 async def test_bodies_round_trip(
-    db: Database, conversations: ConversationStore, messages: MessageStore, sender: User, uid: str
+    make_writer: MakeWriter,
+    db: Database,
+    conversations: ConversationStore,
+    messages: MessageStore,
+    sender: User,
+    uid: str,
 ) -> None:
     (conv,) = await _groups(conversations, sender, 1)
     body = {"text": "héllo 🐦 世界", "n": [1, 2.5, None, True], "nested": {"k": "v"}}
-    writer = await _started(GroupCommitWriter(db, max_delay_ms=1))
+    writer = await _started(make_writer(max_delay_ms=1))
     try:
         stored = await writer.append(
             MessageDraft(conv, sender.id, f"{uid}-b", "text", body), SeqCounter()
@@ -279,11 +325,11 @@ def test_append_values_pickle() -> None:
 
 
 async def test_client_msg_ids_compare_exactly(
-    db: Database, conversations: ConversationStore, sender: User, uid: str
+    make_writer: MakeWriter, db: Database, conversations: ConversationStore, sender: User, uid: str
 ) -> None:
     (conv,) = await _groups(conversations, sender, 1)
     counter = SeqCounter()
-    writer = await _started(GroupCommitWriter(db, max_delay_ms=1))
+    writer = await _started(make_writer(max_delay_ms=1))
     try:
         lower = await writer.append(MessageDraft(conv, sender.id, f"k-{uid}", "t", {}), counter)
         upper = await writer.append(
