@@ -119,8 +119,8 @@ class Connection:
         return self._opened.is_set()
 
     def start(self) -> None:
-        """Start the background task that keeps a socket open."""
-        if self._task is None:
+        """Start the background task that keeps a socket open (not after it gave up)."""
+        if self._task is None and self.fatal is None and not self._stopping:
             self._task = asyncio.create_task(self._run(), name="warbler-connection")
 
     async def wait_open(self, timeout_s: float | None = None) -> None:
