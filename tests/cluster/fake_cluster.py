@@ -47,6 +47,8 @@ from typing import Any
 
 import yaml
 
+from serve.ingress import free_port
+
 logger = logging.getLogger(__name__)
 
 # The fake provider names its head node type this way; the head must use it.
@@ -108,16 +110,8 @@ class FakeCluster:
         return events
 
     def pids(self) -> list[int]:
-        """Every live process of this cluster (same session id as the head's ``ray start``)."""
+        """Every live process of this cluster (the session its keeper leads)."""
         return session_pids(self.session_id)
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def autoscaling_config(

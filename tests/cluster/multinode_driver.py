@@ -20,7 +20,8 @@ from typing import Any
 
 import ray
 
-HOST_RESOURCE = "warbler_host"
+from actors.cluster import HOST_RESOURCE
+
 POLL_S = 0.25
 
 

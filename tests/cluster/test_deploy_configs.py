@@ -27,12 +27,12 @@ from ray.scripts.scripts import start as ray_start_command
 from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
 
+from actors.cluster import HOST_RESOURCE
 from warbler.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = REPO / "cluster.yaml"
 DEPLOY = REPO / "deploy"
-HOST_RESOURCE = "warbler_host"
 REDIS_PORT = 6379
 
 

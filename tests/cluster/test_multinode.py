@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from fake_cluster import FakeNodeType, fake_cluster, session_pids
 
+from actors.cluster import HOST_RESOURCE
+
 DRIVER = Path(__file__).with_name("multinode_driver.py")
 IDLE_TIMEOUT_MIN = 0.1  # 6 s: the autoscaler's idle timeout for a worker node
 HOLD_S = 12.0  # twice the idle timeout: a busy node must outlive it
@@ -47,7 +49,7 @@ def _timeline(driver: list[dict[str, Any]], autoscaler: list[tuple[float, str]])
 @pytest.mark.slow
 @pytest.mark.timeout(TEST_TIMEOUT_S)
 def test_host_demand_scales_a_node_up_then_idle_scales_it_down() -> None:
-    host = FakeNodeType({"CPU": 1, "warbler_host": 1}, min_workers=0, max_workers=1)
+    host = FakeNodeType({"CPU": 1, HOST_RESOURCE: 1}, min_workers=0, max_workers=1)
     with fake_cluster({"host": host}, idle_timeout_minutes=IDLE_TIMEOUT_MIN) as cluster:
         session = cluster.session_id
         result = subprocess.run(
@@ -88,7 +90,7 @@ def test_host_demand_scales_a_node_up_then_idle_scales_it_down() -> None:
     assert by_name["connected"]["nodes"] == 1
     # The actor ran on the node that joined, not on the head.
     new_node = by_name["node_joined"]["node_id"]
-    assert by_name["node_joined"]["resources"]["warbler_host"] == 1
+    assert by_name["node_joined"]["resources"][HOST_RESOURCE] == 1
     assert by_name["actor_placed"]["node_id"] == new_node != by_name["connected"]["head_node_id"]
     # A node with a live actor is not idle: it outlived two idle timeouts.
     assert by_name["held"]["node_alive"] is True
