@@ -33,6 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
 import ray
 
 from actors import cluster
@@ -81,35 +82,67 @@ async def _drive(
     return done / (time.monotonic() - started), errors
 
 
+class _Cpu:
+    """CPU seconds of the driver (this process) and of the host processes over a phase."""
+
+    def __init__(self, host_pids: list[int]) -> None:
+        self._procs = [psutil.Process()] + [psutil.Process(p) for p in host_pids]
+        self._start = self._sample()
+        self._at = time.monotonic()
+
+    def _sample(self) -> list[float]:
+        return [sum(p.cpu_times()[:2]) for p in self._procs]
+
+    def percent(self) -> tuple[float, float]:
+        """(driver %, all hosts %) of one core since construction."""
+        used = [b - a for a, b in zip(self._start, self._sample(), strict=True)]
+        elapsed = time.monotonic() - self._at
+        return round(100 * used[0] / elapsed), round(100 * sum(used[1:]) / elapsed)
+
+
 async def phase_throughput(
-    settings: Settings, owner: int, keys: list[str], seconds: float
+    settings: Settings, owner: int, keys: list[str], seconds: float, host_pids: list[int]
 ) -> dict[str, Any]:
-    """Batched vs one Ray call per message, for GetInfo and Append."""
+    """Batched vs one Ray call per message, for GetInfo and Append. The two modes alternate
+    in three slices each, so a noisy neighbour on a shared machine hits both alike."""
     batched = await Runtime.connect(settings)
     single = await Runtime.connect(
         settings.model_copy(update={"batch_max": 1, "batch_window_ms": 0.0}),
         max_inflight_batches=256,
     )
     run_id = uuid.uuid4().hex[:8]
+    reads: list[tuple[str, object]] = [(key, GetInfo(owner)) for key in keys]
 
-    def reads(w: int, r: int, n: int) -> list[tuple[str, object]]:
-        return [(keys[(w * n + i) % len(keys)], GetInfo(owner)) for i in range(n)]
+    def read_calls(w: int, r: int, n: int) -> list[tuple[str, object]]:
+        return reads[:n]
 
-    def appends(w: int, r: int, n: int) -> list[tuple[str, object]]:
+    def append_calls(w: int, r: int, n: int) -> list[tuple[str, object]]:
         return [
-            (keys[(w * n + i) % len(keys)], Append(owner, f"{run_id}{w}-{r}-{i}", "text", {"n": i}))
+            (keys[i % len(keys)], Append(owner, f"{run_id}{w}-{r}-{i}", "text", {"n": i}))
             for i in range(n)
         ]
 
     out: dict[str, Any] = {}
+    slices = 3
     try:
-        for name, calls_for in (("getinfo", reads), ("append", appends)):
-            rate_b, err_b = await _drive(batched, calls_for, seconds, workers=4, per_call=1000)
-            rate_s, err_s = await _drive(single, calls_for, seconds, workers=4, per_call=250)
+        for name, calls_for in (("getinfo", read_calls), ("append", append_calls)):
+            rates: dict[str, list[float]] = {"batched": [], "single": []}
+            cpu: dict[str, tuple[float, float]] = {}
+            errors = 0
+            for _ in range(slices):
+                for mode, rt, per_call in (("batched", batched, 1000), ("single", single, 250)):
+                    meter = _Cpu(host_pids)
+                    rate, errs = await _drive(rt, calls_for, seconds / slices, 4, per_call)
+                    cpu[mode] = meter.percent()
+                    rates[mode].append(rate)
+                    errors += errs
+            rate_b = statistics.median(rates["batched"])
+            rate_s = statistics.median(rates["single"])
             out[f"{name}_batched_per_s"] = round(rate_b)
             out[f"{name}_unbatched_per_s"] = round(rate_s)
             out[f"{name}_ratio"] = round(rate_b / rate_s, 2) if rate_s else None
-            out[f"{name}_errors"] = err_b + err_s
+            out[f"{name}_errors"] = errors
+            out[f"{name}_cpu_pct_driver_hosts"] = {m: list(c) for m, c in cpu.items()}
             logger.info("%s: batched %.0f/s, one call each %.0f/s", name, rate_b, rate_s)
     finally:
         await batched.close()
@@ -275,13 +308,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         started = time.monotonic()
         await cluster.start_hosts(settings, args.hosts)
         out["hosts_start_s"] = round(time.monotonic() - started, 2)
+        host_pids = [
+            (await cluster.get_host(settings, name).ping.remote())["pid"]
+            for name in (await cluster.current_map(settings)).hosts  # type: ignore[union-attr]
+        ]
         rt = await Runtime.connect(settings)
         created = await rt.call_many(
             [(NEW_CONVERSATION_KEY, CreateGroup(owner, f"g{i}", (peer,))) for i in range(1000)]
         )
         await rt.close()
         keys = [conv_key(e.conversation_id) for e in created if isinstance(e, MessageEvent)]
-        out.update(await phase_throughput(settings, owner, keys, args.seconds))
+        out.update(await phase_throughput(settings, owner, keys, args.seconds, host_pids))
+        out["load_average_1m"] = os.getloadavg()[0]
         out.update(await phase_cold_activation(settings, owner, keys))
         out.update(await phase_kill(settings, db, owner, keys, args.kill_trials))
         await cluster.shutdown_hosts(settings)
@@ -330,7 +368,7 @@ def print_table(out: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=5.0, help="per throughput run")
+    parser.add_argument("--seconds", type=float, default=6.0, help="per mode and workload")
     parser.add_argument("--entities", type=int, default=100_000, help="memory phase")
     parser.add_argument("--kill-trials", type=int, default=2)
     args = parser.parse_args()

@@ -41,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("scenario", choices=[*SCENARIOS, "all"])
     p.add_argument("--host", help="a running Warbler cluster (http://127.0.0.1:PORT); "
                    "default: start one with `warbler up` and stop it after")
-    p.add_argument("--data-dir", type=Path, default=Path(".warbler-bench"),
+    p.add_argument("--data-dir", type=Path, default=Path(".warbler/bench"),
                    help="data dir of a cluster the bench starts (accounts persist there)")
     p.add_argument("--token-cache", type=Path, default=None,
                    help="refresh-token cache for --host (default: <data-dir>/bench-accounts.json)")

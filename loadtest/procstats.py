@@ -17,6 +17,7 @@ import psutil
 logger = logging.getLogger(__name__)
 
 RAYLET = "raylet"
+GCS = "gcs_server"
 
 
 def _cpu_s(proc: psutil.Process) -> float:
@@ -152,8 +153,9 @@ def listener_pid(port: int, host: str = "127.0.0.1") -> int | None:
 
 
 def ray_node_pids(port: int) -> list[int]:
-    """Every process of the Ray node serving ``port``: its raylet and all of the raylet's
-    descendants (workers, actors, agents, haproxy). Empty when not found."""
+    """Every process of the Ray node serving ``port``: its raylet, all of the raylet's
+    descendants (workers, actors, agents, haproxy) and the GCS next to it. Empty when not
+    found."""
     pid = listener_pid(port)
     if pid is None:
         return []
@@ -163,7 +165,11 @@ def ray_node_pids(port: int) -> list[int]:
             proc = proc.parent()
         if proc is None:
             return []
-        return [proc.pid, *(c.pid for c in proc.children(recursive=True))]
+        pids = [proc.pid, *(c.pid for c in proc.children(recursive=True))]
+        parent = proc.parent()  # `ray start`, or the driver that called ray.init()
+        if parent is not None:
+            pids += [c.pid for c in parent.children() if process_title(c) == GCS]
+        return pids
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return []
 

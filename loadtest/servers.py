@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -129,11 +130,13 @@ def warbler_target_at(base_url: str, cache_path: Path | None) -> Target:
 
 
 @contextlib.contextmanager
-def warbler_cluster(data_dir: Path, startup_s: float = 300.0) -> Iterator[Target]:
-    """A Warbler cluster started for the benchmark with ``warbler up`` and stopped after it.
+def warbler_cluster(data_dir: Path, startup_s: float = 600.0) -> Iterator[Target]:
+    """A Warbler cluster started for the benchmark (``warbler up --detach``) and stopped after
+    it (``warbler down``, which stops what ``up`` started by the PIDs in its state file).
 
-    The cluster gets its own data dir (accounts persist there between runs) and a send rate
-    limit far above what the bench offers, so the figures measure the system, not the limiter.
+    The cluster gets its own data dir (bench accounts persist there between runs, so their
+    argon2 registration is paid once) and a send rate limit far above what the bench offers,
+    so the figures measure the system, not the limiter.
     """
     if importlib.util.find_spec("serve.launcher") is None:
         raise WarblerError(
@@ -142,32 +145,55 @@ def warbler_cluster(data_dir: Path, startup_s: float = 300.0) -> Iterator[Target
         )
     port = free_port()
     env = {
+        **os.environ,
         "WARBLER_DATA_DIR": str(data_dir),
-        "WARBLER_HTTP_PORT": str(port),
         "WARBLER_SEND_RATE_PER_S": "1000000",
         "WARBLER_SEND_BURST": "1000000",
     }
-    base_url = f"http://127.0.0.1:{port}"
-    up = _warbler_cmd("up")
-    proc = subprocess.Popen(up, env=_env(env))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "bench-up.log"
+    logger.info("starting Warbler: warbler up --detach (log: %s)", log_path)
     try:
-        wait_healthy(base_url, startup_s, "/readyz")
-        target = warbler_target_at(base_url, data_dir / "bench-accounts.json")
+        with open(log_path, "ab") as log:
+            subprocess.run(
+                [*_warbler_cmd(), "up", "--detach", "--port", str(port)],
+                env=env, stdout=log, stderr=subprocess.STDOUT, timeout=startup_s, check=True,
+            )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        _down(env)
+        raise WarblerError(
+            ErrorCode.UNAVAILABLE, f"warbler up failed ({exc}); see {log_path}"
+        ) from exc
+    try:
+        target = warbler_target_at(f"http://127.0.0.1:{port}", data_dir / "bench-accounts.json")
+        redis_pid = _embedded_redis_pid(data_dir)
+        if redis_pid is not None:
+            node = target.server_pids
+            target.server_pids = lambda: [*node(), redis_pid]
         yield target
     finally:
-        down = subprocess.run(_warbler_cmd("down"), env=_env(env), timeout=120, check=False)
-        if down.returncode != 0:
-            logger.warning("warbler down exited %s", down.returncode)
-        stop_process(proc)
+        _down(env)
 
 
-def _warbler_cmd(verb: str) -> list[str]:
-    return [sys.executable, "-m", "warbler.cli", verb]
+def _embedded_redis_pid(data_dir: Path) -> int | None:
+    # The embedded Redis that `warbler up` started is part of the node under test.
+    from serve.launcher import UpState
+
+    state = UpState.load(data_dir)
+    return state.redis_pid if state is not None else None
 
 
-def _env(extra: dict[str, str]) -> dict[str, str]:
-    import os
+def _down(env: dict[str, str]) -> None:
+    done = subprocess.run(
+        [*_warbler_cmd(), "down"], env=env, timeout=300, check=False,
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    if done.returncode != 0:
+        logger.warning("warbler down exited %s", done.returncode)
 
-    env = dict(os.environ)
-    env.update(extra)
-    return env
+
+def _warbler_cmd() -> list[str]:
+    script = Path(sys.executable).with_name("warbler")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from warbler.cli import app; app()"]
