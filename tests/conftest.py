@@ -77,7 +77,10 @@ def ray_cluster(settings: Settings) -> Iterator[Any]:
     import ray
 
     if not ray.is_initialized():
+        # address="local": always a fresh cluster of our own, never one a `ray start` left on
+        # this machine (RAY_ADDRESS or the default-address file would otherwise join it).
         ray.init(
+            address="local",
             num_cpus=4,
             resources={"warbler_host": 8},
             namespace=settings.namespace,
