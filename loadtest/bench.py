@@ -58,6 +58,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sockets", type=int, default=20_000, help="connections: sockets to open")
     p.add_argument("--missed", type=int, default=10_000, help="sync: messages missed")
     p.add_argument("--body-bytes", type=int, default=64, help="message body size")
+    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                   help="py-spy the hosts and gateway replicas during throughput phases; "
+                   "raw stacks go to DIR, a summary to the report")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is not met")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -95,6 +98,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         sockets=args.sockets,
         missed=args.missed,
         body_bytes=args.body_bytes,
+        profile_dir=args.profile,
     )
 
 

@@ -158,6 +158,9 @@ def render_table(result: ScenarioResult) -> str:
         lines.append(f"target {check.name} {check.op} {check.threshold:g}: {mark}")
     for note in result.limits:
         lines.append(f"limit: {note}")
+    for side, figures in (("warbler", result.warbler), ("baseline", result.baseline)):
+        for line in (figures.extra.get("profile") or []) if figures is not None else []:
+            lines.append(f"profile ({side}): {line}")
     return "\n".join(lines)
 
 

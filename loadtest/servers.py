@@ -1,7 +1,8 @@
 """The systems under test: the baseline relay (a child process) and a Warbler cluster.
 
 `Target` is what a scenario needs of either: URLs, the server's processes (for CPU and memory),
-a token cache, and for Warbler the processes a fault can kill (host workers, gateway replicas).
+a token cache, and for Warbler its processes by role (host workers, gateway replicas: what a
+fault kills and what the profiler samples).
 The relay is started here and stopped by its PID. Warbler is either a running cluster
 (``--host``) or one this module starts through ``serve.launcher`` and stops again.
 """
@@ -44,7 +45,9 @@ class Target:
     base_url: str
     server_pids: Callable[[], list[int]]
     cache: TokenCache | None = None
-    kill_targets: dict[str, Callable[[], list[int]]] = field(default_factory=dict)
+    # The server's processes by role ("host", "gateway replica"): what a fault kills and
+    # what py-spy profiles.
+    role_pids: dict[str, Callable[[], list[int]]] = field(default_factory=dict)
 
     @property
     def ws_url(self) -> str:
@@ -91,7 +94,12 @@ def relay_target(ws_impl: str = "auto", startup_s: float = 30.0) -> Iterator[Tar
     try:
         base_url = f"http://127.0.0.1:{port}"
         wait_healthy(base_url, startup_s)
-        yield Target(name="relay", base_url=base_url, server_pids=lambda: [proc.pid])
+        yield Target(
+            name="relay",
+            base_url=base_url,
+            server_pids=lambda: [proc.pid],
+            role_pids={"relay": lambda: [proc.pid]},
+        )
     finally:
         stop_process(proc)
 
@@ -122,7 +130,7 @@ def warbler_target_at(base_url: str, cache_path: Path | None) -> Target:
         base_url=base_url.rstrip("/"),
         server_pids=_node_pids(base_url),
         cache=TokenCache(cache_path) if cache_path is not None else None,
-        kill_targets={
+        role_pids={
             "host": _titled(base_url, HOST_TITLE),
             "gateway replica": _titled(base_url, REPLICA_TITLE),
         },

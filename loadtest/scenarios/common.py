@@ -9,11 +9,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from loadtest.accounting import Ledger, Summary, merge_all
 from loadtest.accounts import Account, provision
 from loadtest.generator import GeneratorPool, Phase, ReadyReport, WorkerPlan, WorkerResult
 from loadtest.procstats import CpuUsage, CpuWindow, ProcessGroup
+from loadtest.profiling import Profile, Recording
 from loadtest.servers import Target
 from warbler.errors import ErrorCode, WarblerError
 
@@ -44,6 +46,8 @@ class BenchOptions:
     recovery_rate: float = 500.0
     recovery_duration_s: float = 24.0
     provision_concurrency: int = 8
+    # Record the server's hosts and gateway replicas with py-spy during throughput phases.
+    profile_dir: Path | None = None
 
 
 def new_run_id() -> str:
@@ -74,6 +78,11 @@ class PhaseOutcome:
     ledger: Ledger
     results: list[WorkerResult]
     cpu: CpuUsage
+    profiles: list[Profile] = field(default_factory=list)
+
+    def profile_lines(self) -> list[str]:
+        """The py-spy summaries of this phase, as report lines."""
+        return [line for p in self.profiles for line in p.lines()]
 
     def generator_peak(self) -> float:
         """The busiest generator process's share of one core."""
@@ -81,20 +90,29 @@ class PhaseOutcome:
 
 
 @contextmanager
-def generator(target: Target, plans: list[WorkerPlan], ready_s: float) -> Iterator[Pool]:
+def generator(
+    target: Target, plans: list[WorkerPlan], ready_s: float, profile_dir: Path | None = None
+) -> Iterator[Pool]:
     """Start the worker processes and wait until their devices are connected."""
     with GeneratorPool(plans) as pool:
         ready = pool.wait_ready(ready_s)
-        yield Pool(target, pool, ready)
+        yield Pool(target, pool, ready, profile_dir)
 
 
 class Pool:
     """A started generator plus the target: runs phases and measures CPU around them."""
 
-    def __init__(self, target: Target, pool: GeneratorPool, ready: list[ReadyReport]) -> None:
+    def __init__(
+        self,
+        target: Target,
+        pool: GeneratorPool,
+        ready: list[ReadyReport],
+        profile_dir: Path | None = None,
+    ) -> None:
         self.target = target
         self.pool = pool
         self.ready = ready
+        self.profile_dir = profile_dir
 
     @property
     def connected(self) -> int:
@@ -123,12 +141,24 @@ class Pool:
         """A CPU window over the target's server processes and this generator."""
         return CpuWindow(ProcessGroup(self.target.server_pids()), ProcessGroup(self.pool.pids))
 
-    def run(self, phase: Phase) -> PhaseOutcome:
-        """Run a phase in every worker and merge what they measured."""
+    def run(self, phase: Phase, profile: str | None = None) -> PhaseOutcome:
+        """Run a phase in every worker and merge what they measured; with ``profile`` (a
+        label) and a profile dir, py-spy records the target's hosts and replicas meanwhile."""
+        recording = None
+        if profile is not None and self.profile_dir is not None:
+            pids = {
+                pid: role
+                for role, find in self.target.role_pids.items()
+                for pid in find()
+            }
+            recording = Recording(self.profile_dir, profile, pids, phase.duration_s)
         window = self.cpu_window()
         window.start()
         results = self.pool.run(phase)
-        return outcome(results, window.stop())
+        out = outcome(results, window.stop())
+        if recording is not None:
+            out.profiles = recording.finish()
+        return out
 
 
 def outcome(results: list[WorkerResult], cpu: CpuUsage) -> PhaseOutcome:

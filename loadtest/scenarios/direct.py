@@ -61,12 +61,13 @@ def measure(target: Target, options: BenchOptions) -> tuple[Figures, list[str]]:
     """Both phases against one target."""
     run_id = new_run_id()
     worker_plans = plans(target, options, run_id)
-    with generator(target, worker_plans, ready_s=120) as pool:
+    with generator(target, worker_plans, ready_s=120, profile_dir=options.profile_dir) as pool:
         pool.require_all_connected(2 * options.pairs)
         pool.run(Phase(duration_s=options.warmup_s, window=options.window, drain_s=5))
         peak = pool.run(
             Phase(duration_s=options.duration_s, window=options.window, drain_s=10,
-                  body_bytes=options.body_bytes)
+                  body_bytes=options.body_bytes),
+            profile="direct-peak",
         )
         half = peak.summary.acked_per_s / 2
         paced = pool.run(
@@ -95,6 +96,7 @@ def figures(peak: PhaseOutcome, paced: PhaseOutcome, half_rate: float) -> Figure
             "errors": {**peak.summary.errors, **paced.summary.errors},
             "server_cores": peak.cpu.server_cores,
             "generator_cores": peak.cpu.generator_cores,
+            "profile": peak.profile_lines(),
         },
     )
 

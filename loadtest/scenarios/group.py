@@ -63,12 +63,13 @@ def plans(target: Target, members: int, options: BenchOptions, run_id: str) -> l
 def measure_one(target: Target, members: int, options: BenchOptions) -> dict[str, Any]:
     """Both phases for one group size."""
     run_id = new_run_id()
-    with generator(target, plans(target, members, options, run_id), ready_s=180) as pool:
+    worker_plans = plans(target, members, options, run_id)
+    with generator(target, worker_plans, ready_s=180, profile_dir=options.profile_dir) as pool:
         pool.require_all_connected(members)
         window = options.group_window
         pool.run(Phase(duration_s=options.warmup_s, window=window, drain_s=10))
         peak = pool.run(Phase(duration_s=options.duration_s, window=window, drain_s=15,
-                              body_bytes=options.body_bytes))
+                              body_bytes=options.body_bytes), profile=f"group{members}-peak")
         half = peak.summary.acked_per_s / 2
         paced = pool.run(Phase(duration_s=options.duration_s, rate_per_flow=half, drain_s=15,
                                body_bytes=options.body_bytes))
@@ -80,6 +81,7 @@ def measure(target: Target, options: BenchOptions) -> tuple[Figures, list[str]]:
     cores = os.cpu_count() or 1
     sizes: dict[str, Any] = {}
     limits = []
+    profile: list[str] = []
     main: tuple[PhaseOutcome, PhaseOutcome, float] | None = None
     for members in sorted(options.members):
         run = measure_one(target, members, options)
@@ -96,6 +98,7 @@ def measure(target: Target, options: BenchOptions) -> tuple[Figures, list[str]]:
         }
         limits.append(limit_note(f"{target.name} G={members} throughput", peak, cores))
         limits.append(limit_note(f"{target.name} G={members} latency", paced, cores))
+        profile += [f"G={members}: {line}" for line in peak.profile_lines()]
         main = (peak, paced, half)
     assert main is not None
     peak, paced, half = main
@@ -113,6 +116,7 @@ def measure(target: Target, options: BenchOptions) -> tuple[Figures, list[str]]:
             "unacked": peak.summary.unacked + paced.summary.unacked,
             "errors": {**peak.summary.errors, **paced.summary.errors},
             "by_members": sizes,
+            "profile": profile,
         },
     )
     return figures, limits

@@ -42,7 +42,7 @@ FAULTS = (("host", 0.25), ("gateway replica", 0.6))
 
 def _kill_one(target: Target, kind: str) -> tuple[int, int]:
     """SIGKILL one process of this kind on the target's node; returns (pid, when in ns)."""
-    pids = target.kill_targets[kind]()
+    pids = target.role_pids[kind]()
     if not pids:
         raise WarblerError(ErrorCode.UNAVAILABLE, f"no {kind} process found to kill")
     pid = pids[0]
@@ -54,7 +54,7 @@ def _kill_one(target: Target, kind: str) -> tuple[int, int]:
 
 def measure(target: Target, options: BenchOptions) -> tuple[Figures, list[str]]:
     """Steady load, two faults, the recovery of each."""
-    missing = [kind for kind, _ in FAULTS if kind not in target.kill_targets]
+    missing = [kind for kind, _ in FAULTS if kind not in target.role_pids]
     if missing:
         raise WarblerError(ErrorCode.UNSUPPORTED, f"{target.name} has no {missing} to kill")
     run_id = new_run_id()
