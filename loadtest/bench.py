@@ -43,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
                    "default: start one with `warbler up` and stop it after")
     p.add_argument("--data-dir", type=Path, default=Path(".warbler/bench"),
                    help="data dir of a cluster the bench starts (accounts persist there)")
+    p.add_argument("--cluster-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment for a cluster the bench starts (repeatable), e.g. "
+                   "RAY_SERVE_HAPROXY_MAXCONN=30000 or WARBLER_GATEWAY_INITIAL_REPLICAS=1")
     p.add_argument("--token-cache", type=Path, default=None,
                    help="refresh-token cache for --host (default: <data-dir>/bench-accounts.json)")
     side = p.add_mutually_exclusive_group()
@@ -112,7 +115,13 @@ def warbler(args: argparse.Namespace) -> Iterator[Target]:
         cache = args.token_cache or args.data_dir / "bench-accounts.json"
         yield warbler_target_at(args.host, cache)
         return
-    with warbler_cluster(args.data_dir.resolve()) as target:
+    extra: dict[str, str] = {}
+    for item in args.cluster_env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise WarblerError(ErrorCode.VALIDATION, f"--cluster-env wants KEY=VALUE, got {item!r}")
+        extra[key] = value
+    with warbler_cluster(args.data_dir.resolve(), extra) as target:
         yield target
 
 

@@ -138,13 +138,16 @@ def warbler_target_at(base_url: str, cache_path: Path | None) -> Target:
 
 
 @contextlib.contextmanager
-def warbler_cluster(data_dir: Path, startup_s: float = 600.0) -> Iterator[Target]:
+def warbler_cluster(
+    data_dir: Path, extra_env: dict[str, str] | None = None, startup_s: float = 600.0
+) -> Iterator[Target]:
     """A Warbler cluster started for the benchmark (``warbler up --detach``) and stopped after
     it (``warbler down``, which stops what ``up`` started by the PIDs in its state file).
 
     The cluster gets its own data dir (bench accounts persist there between runs, so their
     argon2 registration is paid once) and a send rate limit far above what the bench offers,
-    so the figures measure the system, not the limiter.
+    so the figures measure the system, not the limiter. ``extra_env`` goes to ``warbler up``
+    (and from there to the Ray head): e.g. ``RAY_SERVE_HAPROXY_MAXCONN`` or ``WARBLER_*``.
     """
     if importlib.util.find_spec("serve.launcher") is None:
         raise WarblerError(
@@ -157,6 +160,7 @@ def warbler_cluster(data_dir: Path, startup_s: float = 600.0) -> Iterator[Target
         "WARBLER_DATA_DIR": str(data_dir),
         "WARBLER_SEND_RATE_PER_S": "1000000",
         "WARBLER_SEND_BURST": "1000000",
+        **(extra_env or {}),
     }
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "bench-up.log"

@@ -49,7 +49,8 @@ def plans(target: Target, options: BenchOptions, run_id: str) -> list[WorkerPlan
             run_id=run_id,
             devices=bucket,
             connect_concurrency=100,
-            connect_timeout_s=30.0,
+            # A server at its socket cap leaves handshakes unanswered: give up on them soon.
+            connect_timeout_s=10.0,
             max_connect_failures=200,
             connect_budget_s=options.connect_budget_s,
         )
