@@ -105,6 +105,17 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
     )
 
 
+def cluster_env(args: argparse.Namespace) -> dict[str, str]:
+    """The --cluster-env pairs (checked before anything starts)."""
+    extra: dict[str, str] = {}
+    for item in args.cluster_env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise WarblerError(ErrorCode.VALIDATION, f"--cluster-env wants KEY=VALUE, got {item!r}")
+        extra[key] = value
+    return extra
+
+
 @contextlib.contextmanager
 def warbler(args: argparse.Namespace) -> Iterator[Target]:
     """The Warbler side: the cluster at --host, or one started (and stopped) here."""
@@ -115,13 +126,7 @@ def warbler(args: argparse.Namespace) -> Iterator[Target]:
         cache = args.token_cache or args.data_dir / "bench-accounts.json"
         yield warbler_target_at(args.host, cache)
         return
-    extra: dict[str, str] = {}
-    for item in args.cluster_env:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise WarblerError(ErrorCode.VALIDATION, f"--cluster-env wants KEY=VALUE, got {item!r}")
-        extra[key] = value
-    with warbler_cluster(args.data_dir.resolve(), extra) as target:
+    with warbler_cluster(args.data_dir.resolve(), cluster_env(args)) as target:
         yield target
 
 
@@ -139,6 +144,7 @@ def _measure(
 def run(args: argparse.Namespace) -> list[ScenarioResult]:
     """Run the chosen scenarios; print each table and JSON line as it completes."""
     options = options_from(args)
+    cluster_env(args)  # refuse a bad --cluster-env before minutes of baseline runs
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     results: list[ScenarioResult] = []
     baselines: dict[str, tuple[Figures | None, list[str]]] = {}
