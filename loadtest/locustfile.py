@@ -67,16 +67,16 @@ class ProtocolFailure(Exception):
 
 
 def _options(parser: Any) -> None:
-    group = parser.add_argument_group("Warbler chat")
-    group.add_argument("--send-rate", type=float, default=1.0,
-                       help="messages per second per user")
-    group.add_argument("--group-size", type=int, default=5,
-                       help="members of the groups users create (0: no groups)")
-    group.add_argument("--body-bytes", type=int, default=64, help="message body size")
-    group.add_argument("--gap-grace", type=float, default=5.0,
-                       help="seconds a missing seq may be late before it counts as lost")
-    group.add_argument("--ack-timeout", type=float, default=10.0,
-                       help="seconds without an ack before a send fails")
+    # Straight on locust's parser (not a group): its options also show in the web UI.
+    parser.add_argument("--send-rate", type=float, default=1.0,
+                        help="messages per second per user")
+    parser.add_argument("--group-size", type=int, default=5,
+                        help="members of the groups users create (0: no groups)")
+    parser.add_argument("--body-bytes", type=int, default=64, help="message body size")
+    parser.add_argument("--gap-grace", type=float, default=5.0,
+                        help="seconds a missing seq may be late before it counts as lost")
+    parser.add_argument("--ack-timeout", type=float, default=10.0,
+                        help="seconds without an ack before a send fails")
 
 
 # locust's EventHook.add_listener is unannotated: go through Any rather than a type: ignore.
