@@ -128,7 +128,8 @@ class WsConnection(asyncio.Protocol):
     def _on_frame(self, frame: Frame) -> None:
         if frame.opcode is Opcode.TEXT or frame.opcode is Opcode.CONT:
             if frame.fin and not self._fragments:
-                self._on_text(bytes(frame.data).decode())
+                data = frame.data
+                self._on_text(data.decode() if isinstance(data, bytes) else bytes(data).decode())
                 return
             self._fragments.append(bytes(frame.data))
             if frame.fin:
