@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+import redis.asyncio as aioredis
 
 from storage import (
     CheckpointStore,
@@ -41,9 +42,13 @@ def checkpoints(db: Database) -> CheckpointStore:
 
 
 @pytest.fixture
-def keys(settings: Settings, uid: str) -> Keys:
-    # One namespace per test on top of the session's: nothing leaks between tests.
-    return Keys(f"{settings.namespace}-{uid}")
+async def keys(settings: Settings, uid: str, redis: aioredis.Redis) -> AsyncIterator[Keys]:
+    """A namespace of this test's own; its keys are deleted afterwards (Redis may be shared)."""
+    namespace = Keys(f"{settings.namespace}-{uid}")
+    yield namespace
+    stale = [key async for key in redis.scan_iter(match=f"{namespace.namespace}:*")]
+    if stale:
+        await redis.delete(*stale)
 
 
 @pytest.fixture

@@ -167,6 +167,19 @@ def test_unknown_database_scheme_is_a_config_error() -> None:
     assert err.value.code is ErrorCode.CONFIG
 
 
+async def test_in_memory_sqlite_migrates_and_keeps_its_data() -> None:
+    # For unit tests that want a throwaway database: one shared connection (StaticPool).
+    from storage import UserStore
+
+    db = Database("sqlite+aiosqlite://")
+    try:
+        await db.migrate()
+        user = await UserStore(db).create_user("memory", "h", "M")
+        assert await UserStore(db).get_user(user.id) is not None
+    finally:
+        await db.close()
+
+
 async def test_sqlite_uses_wal_and_a_busy_timeout(tmp_path: Path) -> None:
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'wal.db'}")
     try:
