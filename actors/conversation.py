@@ -247,7 +247,7 @@ class ConversationEntity(Entity[ConversationState]):
     # --- the log ----------------------------------------------------------------------------
 
     @handles(Append)
-    async def append(self, msg: Append) -> object:
+    def append(self, msg: Append) -> object:
         """Answers after the SQL commit, through ``Later`` (the mailbox does not wait)."""
         state = self.state
         roles.require_member(state.members, msg.sender_id, state.conversation_id)
@@ -291,7 +291,7 @@ class ConversationEntity(Entity[ConversationState]):
         return _event(stored, duplicate=True)
 
     @handles(ReadLog)
-    async def read_log(self, msg: ReadLog) -> object:
+    def read_log(self, msg: ReadLog) -> object:
         """A page of the log (reads run beside the mailbox: they change nothing)."""
         state = self.state
         roles.require_member(state.members, msg.user_id, state.conversation_id)
@@ -310,7 +310,7 @@ class ConversationEntity(Entity[ConversationState]):
         return [_event(m, duplicate=False) for m in rows]
 
     @handles(MarkRead)
-    async def mark_read(self, msg: MarkRead) -> object:
+    def mark_read(self, msg: MarkRead) -> object:
         """Advance the member's read cursor (clamped to the last committed seq)."""
         state = self.state
         roles.require_member(state.members, msg.user_id, state.conversation_id)
@@ -326,13 +326,13 @@ class ConversationEntity(Entity[ConversationState]):
         return receipt
 
     @handles(GetInfo)
-    async def get_info(self, msg: GetInfo) -> ConversationInfo:
+    def get_info(self, msg: GetInfo) -> ConversationInfo:
         """Kind, title, members with roles, last seq."""
         roles.require_member(self.state.members, msg.user_id, self.state.conversation_id)
         return self._info()
 
     @handles(OpenDirect)
-    async def open_direct(self, msg: OpenDirect) -> ConversationInfo:
+    def open_direct(self, msg: OpenDirect) -> ConversationInfo:
         """The info of the direct conversation the factory created or found."""
         for uid in (msg.user_id, msg.peer_id):
             roles.require_member(self.state.members, uid, self.state.conversation_id)

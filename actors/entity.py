@@ -13,7 +13,8 @@ resolves when the awaitable does.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+import inspect
+from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar, Generic, TypeVar
 
 from actors.context import EntityContext
@@ -42,10 +43,15 @@ class Later:
 
 def handles(
     message_type: type[M],
-) -> Callable[[Callable[[E, M], Awaitable[R]]], Callable[[E, M], Awaitable[R]]]:
-    """Mark a method as the handler of ``message_type`` messages."""
+) -> Callable[[Callable[[E, M], R]], Callable[[E, M], R]]:
+    """Mark a method as the handler of ``message_type`` messages.
 
-    def mark(method: Callable[[E, M], Awaitable[R]]) -> Callable[[E, M], Awaitable[R]]:
+    A plain ``def`` handler must not wait for anything: it validates, changes state and
+    answers (or returns ``Later``). The host runs it inline when the mailbox is idle, which
+    costs no task. An ``async def`` handler may await; the mailbox runs it in a task.
+    """
+
+    def mark(method: Callable[[E, M], R]) -> Callable[[E, M], R]:
         setattr(method, _HANDLES_ATTR, message_type)
         return method
 
@@ -60,7 +66,8 @@ class Entity(Generic[S]):
     # True for kinds whose ``restore`` replays a durable log after the checkpoint: any
     # checkpoint then yields the newest state, so the host may skip reading the second copy.
     replays_log: ClassVar[bool] = False
-    _handlers: ClassVar[dict[type, Callable[[Any, Any], Awaitable[object]]]] = {}
+    _handlers: ClassVar[dict[type, Callable[[Any, Any], Any]]] = {}
+    _inline: ClassVar[frozenset[type]] = frozenset()
 
     __slots__ = ("key", "ctx", "state", "changes")
 
@@ -78,11 +85,20 @@ class Entity(Generic[S]):
             if message_type is not None:
                 table[message_type] = value
         cls._handlers = table
+        cls._inline = frozenset(t for t, h in table.items() if not inspect.iscoroutinefunction(h))
 
     @classmethod
     def handled_types(cls) -> frozenset[type]:
         """The message types this kind answers."""
         return frozenset(cls._handlers)
+
+    def handles_inline(self, message: object) -> bool:
+        """True if ``message``'s handler is a plain function (it never waits)."""
+        return type(message) in self._inline
+
+    def handle_inline(self, message: object) -> object:
+        """Run a plain-function handler (see ``handles_inline``)."""
+        return self._handlers[type(message)](self, message)
 
     async def handle(self, message: object) -> object:
         """Run the handler of ``message``'s type (UNSUPPORTED if there is none)."""
@@ -92,7 +108,10 @@ class Entity(Generic[S]):
                 ErrorCode.UNSUPPORTED,
                 f"{self.kind} entities do not handle {type(message).__name__}",
             )
-        return await handler(self, message)
+        result = handler(self, message)
+        if inspect.isawaitable(result):
+            return await result
+        return result
 
     # --- lifecycle, overridden by each kind ------------------------------------------------
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -23,34 +23,6 @@ from warbler.errors import ErrorCode, WarblerError
 logger = logging.getLogger(__name__)
 
 ACTIVATING, ACTIVE, PASSIVATING, GONE = range(4)
-
-
-class _Resume:
-    """Awaitable that continues a coroutine which was stepped outside any task and then
-    suspended: it re-yields what the coroutine yielded, so the enclosing task waits on the
-    same future, and forwards what the task sends or throws back in."""
-
-    __slots__ = ("coro", "yielded")
-
-    def __init__(self, coro: Coroutine[Any, Any, object], yielded: Any) -> None:
-        self.coro = coro
-        self.yielded = yielded
-
-    def __await__(self) -> Generator[Any, Any, object]:
-        coro, value = self.coro, self.yielded
-        while True:
-            try:
-                sent = yield value
-            except BaseException as exc:
-                try:
-                    value = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    value = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
 
 
 class Reply:
@@ -120,8 +92,20 @@ class Activation:
     def post(self, message: object, reply: Reply, index: int) -> None:
         """Handle or queue a message; its answer goes to ``reply.set(index, ...)``."""
         self.pending += 1
-        if self.status == ACTIVE and not self.running and not self.queue:
-            self._step(message, reply, index)
+        entity = self.entity
+        if (
+            self.status == ACTIVE
+            and not self.running
+            and not self.queue
+            and entity is not None
+            and entity.handles_inline(message)
+        ):
+            # Idle mailbox and a handler that never waits: answer right here, no task.
+            try:
+                result: object = entity.handle_inline(message)
+            except Exception as exc:
+                result = as_error(exc, self.key)
+            self._deliver(reply, index, result)
             return
         if self.queue is None:
             self.queue = deque()
@@ -129,49 +113,22 @@ class Activation:
         if not self.running and self.status != ACTIVATING:
             self.start()
 
-    def _step(self, message: object, reply: Reply, index: int) -> None:
-        # The mailbox is idle: run the handler right here until it first suspends. Most
-        # handlers (reads, appends that hand their draft to the writer) finish without
-        # suspending, so the common case costs no task at all.
-        assert self.entity is not None
-        coro = self.entity.handle(message)
-        try:
-            yielded = coro.send(None)
-        except StopIteration as stop:
-            self._deliver(reply, index, stop.value)
-            return
-        except Exception as exc:
-            self._answer(reply, index, as_error(exc, self.key))
-            return
-        self.running = True
-        resumed = _Resume(coro, yielded)
-        asyncio.get_running_loop().create_task(self._run(first=(resumed, reply, index)))
-
     def start(self) -> None:
         """Run the mailbox if it has work (after activation, or when a message arrives)."""
         if self.queue and not self.running:
             self.running = True
             asyncio.get_running_loop().create_task(self._run())
 
-    async def _run(self, first: tuple[_Resume, Reply, int] | None = None) -> None:
+    async def _run(self) -> None:
         entity = self.entity
         assert entity is not None
         current: tuple[Reply, int] | None = None
         try:
-            if first is not None:
-                resumed, reply, index = first
-                current = (reply, index)
-                try:
-                    result: object = await resumed
-                except Exception as exc:
-                    result = as_error(exc, self.key)
-                current = None
-                self._deliver(reply, index, result)
             while self.queue:
                 message, reply, index = self.queue.popleft()
                 current = (reply, index)
                 try:
-                    result = await entity.handle(message)
+                    result: object = await entity.handle(message)
                 except Exception as exc:
                     result = as_error(exc, self.key)
                 current = None

@@ -102,6 +102,6 @@ class UserSessionEntity(Entity[SessionState]):
         return self._info()
 
     @handles(GetSession)
-    async def get_session(self, msg: GetSession) -> SessionInfo:
+    def get_session(self, msg: GetSession) -> SessionInfo:
         """The connected devices."""
         return self._info()

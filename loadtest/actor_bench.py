@@ -196,6 +196,7 @@ async def phase_kill(
     rt = await Runtime.connect(settings, call_timeout_s=30.0)
     acked: dict[str, dict[str, int]] = {}
     recoveries: list[float] = []
+    restarts: list[tuple[float, float]] = []
     try:
         shard_map = rt.shard_map
         assert shard_map is not None
@@ -225,9 +226,12 @@ async def phase_kill(
             pid = (await victim.ping.remote())["pid"]
             os.kill(pid, signal.SIGKILL)
             killed = time.monotonic()
+            killed_wall = time.time()
             while not await append_round():
                 await asyncio.sleep(0.001)
             recoveries.append(time.monotonic() - killed)
+            back = await victim.ping.remote()
+            restarts.append((back["init_at"] - killed_wall, back["ready_at"] - killed_wall))
             await asyncio.sleep(1.0)
     finally:
         await rt.close()
@@ -242,6 +246,10 @@ async def phase_kill(
     return {
         "kill_to_first_append_s": [round(r, 3) for r in recoveries],
         "kill_to_first_append_max_s": round(max(recoveries), 3),
+        # When the new process ran ActorHost.__init__ (Ray's restart: detect, spawn, import)
+        # and when it was ready (connections, shard map), seconds after the kill.
+        "kill_to_host_init_s": [round(i, 3) for i, _ in restarts],
+        "kill_to_host_ready_s": [round(r, 3) for _, r in restarts],
         "kill_acked_appends": sum(len(v) for v in acked.values()),
         "kill_acked_lost": lost,
         "kill_logs_with_gaps": gaps,
