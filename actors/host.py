@@ -78,6 +78,8 @@ class HostCore:
         self.redis_checkpoints = 0
         self.sql_checkpoints = 0
         self.activation_ms: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
+        self.backlog = 0  # messages accepted and not yet answered, over all entities
+        self.loop_lag_ms = 0.0  # how late the last upkeep tick woke up (event-loop saturation)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -181,6 +183,7 @@ class HostCore:
         else:
             self._table.move_to_end(key)
         activation.last_used = time.monotonic()
+        self.backlog += 1
         activation.post(message, reply, index)
 
     async def _deliver_after(
@@ -259,6 +262,7 @@ class HostCore:
         self._activated(activation, entity, None, Loaded(entity.snapshot()[0], b"", True, True))
 
     def _after_answer(self, activation: Activation) -> None:
+        self.backlog -= 1
         entity = activation.entity
         if entity is not None and entity.changes != activation.redis_mark:
             self._mark_dirty(activation)
@@ -346,8 +350,11 @@ class HostCore:
 
     async def _upkeep(self) -> None:
         tick = max(0.02, min(0.25, self._redis_every_s / 4))
+        loop = asyncio.get_running_loop()
         while True:
+            due = loop.time() + tick
             await asyncio.sleep(tick)
+            self.loop_lag_ms = max(0.0, (loop.time() - due) * 1000.0)
             try:
                 await self._upkeep_once()
             except Exception:
@@ -402,6 +409,8 @@ class HostCore:
             "name": self.name,
             "epoch": self.ownership.epoch,
             "active": len(self._table),
+            "backlog": self.backlog,
+            "loop_lag_ms": round(self.loop_lag_ms, 2),
             "batches": self.batches,
             "envelopes": self.envelopes,
             "activations": self.activations,

@@ -103,6 +103,7 @@ async def test_mailbox_order_is_arrival_order_across_a_batch(
         seqs = [r.seq for (key, _), r in zip(envelopes, results, strict=True) if key == k]
         assert seqs == list(range(2, 32))
     assert host.ctx.writer.batches < 90  # the appends shared group commits
+    assert host.stats()["backlog"] == 0
 
 
 async def test_keys_of_other_hosts_get_stale_epoch(
