@@ -30,11 +30,14 @@ from storage import (
 )
 from warbler.config import Settings
 from warbler.errors import ErrorCode, WarblerError
+from warbler.protocol import CloseCode, ReconnectFrame, dump_frame
 
 logger = logging.getLogger(__name__)
 
 # Sockets renew their presence this often (the session entity's TTL is three times longer).
 PRESENCE_RENEW_S = PRESENCE_TTL_S / 3
+# On shutdown, time for the `reconnect` frames to leave before the sockets close.
+DRAIN_FLUSH_S = 0.5
 
 
 def replica_name() -> str:
@@ -110,7 +113,14 @@ class GatewayContext:
         return ctx
 
     async def close(self) -> None:
-        """Close sockets' delivery, the runtime and the connections."""
+        """Tell every socket to reconnect elsewhere, then close the runtime and connections."""
+        conns = self.hub.connections
+        if conns:
+            frame = dump_frame(ReconnectFrame(reason="draining"))
+            for conn in conns:
+                conn.send(frame)
+                conn.request_close(CloseCode.SERVICE_RESTART)
+            await asyncio.sleep(DRAIN_FLUSH_S)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
