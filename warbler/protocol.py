@@ -56,7 +56,9 @@ class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001  # the server is shutting down this replica; reconnect
     INTERNAL = 1011  # an unexpected server fault; reconnect with backoff
-    SERVICE_RESTART = 1012  # drain after a `reconnect` frame; reconnect elsewhere now
+    TOO_BIG = 1009  # a frame above the WebSocket server's own limit (16 MiB)
+    SERVICE_RESTART = 1012  # the replica is draining; reconnect elsewhere now
+    TRY_AGAIN_LATER = 1013  # the socket fell too far behind; reconnect and resume
     BAD_HELLO = 4400  # the first frame was not a valid hello
     UNAUTHENTICATED = 4401  # no token, a bad token, or an expired token
     REVOKED = 4403  # the session was logged out

@@ -11,6 +11,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from warbler.protocol import CloseCode
+
 logger = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
@@ -71,7 +73,7 @@ class Connection:
                 logger.warning(
                     "socket %s of user %s is too slow; closing it", self.id, self.user_id
                 )
-                self.request_close(1013)
+                self.request_close(CloseCode.TRY_AGAIN_LATER)
             return
         self._queue.append(text)
         self._wakeup.set()

@@ -85,8 +85,8 @@ class ChatHandler:
     ) -> None:
         self._settings = settings
         self._calls = calls
-        # Runtime.call, for the "conv:new" factory: its answer is a redirect that call()
-        # follows (call_many does not, as of this writing), and creations are rare.
+        # Runtime.call, for the rare "conv:new" factory calls (answered by a redirect the
+        # Runtime follows): nothing to gain from batching them with the sends.
         self._call_one = call_one
         self._conversations = conversations
         self._presence = presence
