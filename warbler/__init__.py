@@ -1,6 +1,5 @@
-"""Warbler: shared configuration, errors and wire protocol for every layer."""
+"""Warbler's shared pieces: ``warbler.config`` (Settings), ``warbler.errors``, ``warbler.protocol``.
 
-from warbler.config import Settings
-from warbler.errors import ErrorCode, WarblerError
-
-__all__ = ["ErrorCode", "Settings", "WarblerError"]
+Nothing is imported here, so the SDK (which needs only ``errors`` and ``protocol``) installs and
+imports without pydantic-settings or Ray.
+"""
