@@ -125,3 +125,27 @@ async def test_killed_host(http: httpx.AsyncClient, gateway: GatewayInfo) -> Non
         os.kill(_pid_of(names[0], gateway.settings.namespace), signal.SIGKILL)
 
     await _run_with_fault(http, gateway, kill_one_host)
+
+
+async def test_removed_replica_tells_its_sockets(
+    http: httpx.AsyncClient, gateway: GatewayInfo
+) -> None:
+    """Deleting (or scaling in) a deployment drains its replicas: their sockets are told to
+    go (a `reconnect` frame and/or close code 1012), not dropped."""
+    from gwclient import connect
+    from ray import serve
+
+    from serve.app import build_app
+
+    name = f"{gateway.app_name}-drain"
+    settings = gateway.settings.model_copy(
+        update={"gateway_initial_replicas": 1, "gateway_min_replicas": 1}
+    )
+    await asyncio.to_thread(serve.run, build_app(settings), name=name, route_prefix=f"/{name}")
+    ws_url = gateway.ws_url.replace(f"/{gateway.app_name}/", f"/{name}/")
+    alice = await make_account(http, "drain")
+    sock, _ = await connect(ws_url, alice)
+    await asyncio.to_thread(serve.delete, name, _blocking=False)
+    await asyncio.wait_for(sock.closed.wait(), 90)
+    told = any(f["type"] == "reconnect" for f in sock.pushed)
+    assert told or sock.close_code == 1012, (sock.close_code, sock.pushed[-3:])
