@@ -4,9 +4,12 @@ and problem JSON for bad input."""
 from __future__ import annotations
 
 import httpx
+import pytest
 from gwclient import make_account
 
 PROBLEM = "application/problem+json"
+
+pytestmark = pytest.mark.ray
 
 
 async def test_register_login_profile(http: httpx.AsyncClient) -> None:

@@ -13,6 +13,8 @@ import websockets
 from conftest import GatewayInfo
 from gwclient import Account, connect, make_account
 
+pytestmark = pytest.mark.ray
+
 
 async def test_direct_chat_opened_on_first_send(
     http: httpx.AsyncClient, gateway: GatewayInfo

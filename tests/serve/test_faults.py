@@ -14,7 +14,7 @@ import pytest
 from conftest import GatewayInfo
 from gwclient import Account, Device, make_account
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 def _pid_of(name: str, namespace: str) -> int:
