@@ -1,5 +1,9 @@
 """Where the server's time goes: py-spy records processes during a phase; this sums it up.
 
+Only samples of a thread holding the GIL are kept (``--gil``): a Python server's throughput is
+bounded by its GIL-holding time, and threads parked in C (Ray's core worker loop, a thread pool
+waiting for work) would otherwise fill the profile with waiting.
+
 ``py-spy record --format raw`` writes one line per distinct stack: ``frame;frame;...;leaf N``,
 each frame ``function (path/file.py:line)``. From it: the share of samples whose innermost
 frame is in each package (``serve``, ``actors``, ``ray``, ``starlette``, ``pydantic``, ...),
@@ -110,7 +114,8 @@ class Recording:
             safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", title)
             path = out_dir / f"{label}-{safe}-{pid}.txt"
             cmd = [exe, "record", "--pid", str(pid), "--duration", str(max(1, int(duration_s))),
-                   "--rate", "100", "--format", "raw", "--nonblocking", "--output", str(path)]
+                   "--rate", "100", "--format", "raw", "--nonblocking", "--gil",
+                   "--output", str(path)]
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             self._out.append((path, title, pid, proc))
 
