@@ -39,6 +39,11 @@ class Gateway:
         self._ctx = await GatewayContext.start(self._settings)
         return create_api(self._ctx)
 
+    def check_health(self) -> None:
+        """Serve's periodic health check: the replica's background loops still run."""
+        if self._ctx is not None:
+            self._ctx.check()
+
     async def __del__(self) -> None:
         if self._ctx is not None:
             await self._ctx.close()

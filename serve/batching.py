@@ -33,6 +33,11 @@ class CallCoalescer:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The flusher task (None before start)."""
+        return self._task
+
     def start(self) -> None:
         """Start the flusher (inside the running event loop)."""
         if self._task is None:

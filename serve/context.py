@@ -131,6 +131,12 @@ class GatewayContext:
         await self.redis.aclose()
         await self.db.close()
 
+    def check(self) -> None:
+        """Raise if a background loop of the replica died (Serve then replaces the replica)."""
+        for name, task in (("delivery hub", self.hub.task), ("call batcher", self.calls.task)):
+            if task is None or task.done():
+                raise RuntimeError(f"the {name} of replica {self.replica_id} stopped")
+
     async def _renew_presence(self) -> None:
         # One batched round of ConnectDevice keepalives for every socket of the replica.
         while True:

@@ -76,7 +76,6 @@ class SocketSession:
         self._ws = websocket
         self._conn: Connection | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._direct_ids: list[int] = []
 
     async def run(self) -> None:
         """Serve the socket until the client or the server closes it."""
@@ -117,9 +116,11 @@ class SocketSession:
             closer.cancel()
             conn.stop()
             writer.cancel()
+            # Read before detaching: the hub forgets a user whose last local socket left.
+            directs = self._direct_conversations(conn.user_id)
             await self._ctx.hub.detach(conn)
             await asyncio.gather(writer, closer, *self._tasks, return_exceptions=True)
-            await self._went_offline(conn)
+            await self._went_offline(conn, directs)
 
     # -- handshake ----------------------------------------------------------------------------
 
@@ -268,30 +269,24 @@ class SocketSession:
 
     # -- presence ---------------------------------------------------------------------------
 
+    def _direct_conversations(self, user_id: int) -> list[int]:
+        convs = self._ctx.hub.user_conversations(user_id)
+        return [c for c, kind in convs.items() if kind == "direct"]
+
     async def _came_online(self, conn: Connection) -> None:
-        chat, ctx = self._ctx.chat, self._ctx
+        chat = self._ctx.chat
         try:
-            first = await chat.device_connected(conn.user_id, conn.device_id, ctx.replica_id)
-            directs = [
-                c
-                for c, kind in ctx.hub.user_conversations(conn.user_id).items()
-                if kind == "direct"
-            ]
-            if first:
+            if await chat.device_connected(conn.user_id, conn.device_id, self._ctx.replica_id):
+                directs = self._direct_conversations(conn.user_id)
                 await chat.publish_presence(conn.user_id, True, directs)
         except Exception:
             logger.warning("presence update for user %s failed", conn.user_id, exc_info=True)
 
-    async def _went_offline(self, conn: Connection) -> None:
-        chat, ctx = self._ctx.chat, self._ctx
+    async def _went_offline(self, conn: Connection, directs: list[int]) -> None:
+        chat = self._ctx.chat
         try:
-            directs = [
-                c
-                for c, kind in ctx.hub.user_conversations(conn.user_id).items()
-                if kind == "direct"
-            ]
-            if await chat.device_disconnected(conn.user_id, conn.device_id, ctx.replica_id):
-                await chat.publish_presence(conn.user_id, False, directs or self._direct_ids)
+            if await chat.device_disconnected(conn.user_id, conn.device_id, self._ctx.replica_id):
+                await chat.publish_presence(conn.user_id, False, directs)
         except Exception:
             logger.warning("presence update for user %s failed", conn.user_id, exc_info=True)
 

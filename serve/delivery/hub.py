@@ -103,6 +103,11 @@ class DeliveryHub:
             await self._subscriber.close()
 
     @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The reader task (None before start)."""
+        return self._task
+
+    @property
     def connections(self) -> list[Connection]:
         """Every socket of this replica."""
         return [c for u in self._users.values() for c in u.conns]

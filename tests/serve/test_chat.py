@@ -335,3 +335,47 @@ async def test_send_rate_limit(http: httpx.AsyncClient, gateway: GatewayInfo) ->
         assert len([r for r in results if r["type"] == "ack"]) >= burst
     finally:
         await a.close()
+
+
+async def test_presence_pushed_to_direct_peers(
+    http: httpx.AsyncClient, gateway: GatewayInfo
+) -> None:
+    alice, bob = await make_account(http, "alice"), await make_account(http, "bob")
+    a, _ = await connect(gateway.ws_url, alice)
+    try:
+        ack = await a.send_message("hi", to_user_id=bob.user_id)
+        conv = ack["conversation_id"]
+        b, _ = await connect(gateway.ws_url, bob)
+        online = await a.wait_for(lambda f: f["type"] == "presence" and f["user_id"] == bob.user_id)
+        assert online["online"] is True
+        await b.close()
+        offline = await a.wait_for(
+            lambda f: f["type"] == "presence" and f["user_id"] == bob.user_id and not f["online"]
+        )
+        assert offline["online"] is False
+        r = await http.get(
+            "/v1/presence",
+            params={"user_ids": f"{alice.user_id},{bob.user_id}"},
+            headers=alice.headers,
+        )
+        assert r.json() == {"online": [alice.user_id]}
+        # History over the socket, both directions.
+        for i in range(4):
+            await a.send_message(f"h{i}", conversation_id=conv)
+        back = await a.request(
+            {"type": "history", "conversation_id": conv, "before_seq": 4, "limit": 2}
+        )
+        assert back["type"] == "history_page" and [m["seq"] for m in back["messages"]] == [2, 3]
+        assert back["has_more"] is True
+        fwd = await a.request(
+            {"type": "history", "conversation_id": conv, "after_seq": 3, "limit": 5}
+        )
+        assert [m["seq"] for m in fwd["messages"]] == [4, 5] and fwd["has_more"] is False
+        # Typing into a conversation one does not belong to is refused.
+        carol = await make_account(http, "carol")
+        c, _ = await connect(gateway.ws_url, carol)
+        err = await c.request({"type": "typing", "conversation_id": conv})
+        assert err["type"] == "error" and err["code"] == "not_member"
+        await c.close()
+    finally:
+        await a.close()
