@@ -57,7 +57,7 @@ SYSTEM = "system"
 # (older retries are still caught by the writer's SQL look-up). Small: it costs memory in
 # every active entity.
 RECENT_MAX = 8
-_STATE_FORMAT = 1
+_STATE_FORMAT = 2
 _ROLE_CODE = {"owner": 0, "admin": 1, "member": 2}
 _CODE_ROLE: tuple[Role, ...] = ("owner", "admin", "member")
 _REPLAY_PAGE = PAGE_LIMIT_MAX
@@ -67,7 +67,10 @@ _REPLAY_PAGE = PAGE_LIMIT_MAX
 class ConversationState:
     """Everything a conversation entity knows. ``members`` is user id -> role in join order;
     ``counter`` is advanced by the writer (it may run ahead while a commit is in flight),
-    ``committed_seq`` only by committed messages: it is the checkpoint's version."""
+    ``committed_seq`` only by committed messages: it is the checkpoint's version.
+    ``system_seq`` is the seq of the last membership event applied, ``rows_seq`` the last one
+    known to be written to the SQL membership rows: activation repairs the rows only when
+    ``system_seq > rows_seq`` (a host died between the two writes)."""
 
     conversation_id: int
     kind: ConversationKind
@@ -76,6 +79,8 @@ class ConversationState:
     counter: SeqCounter = field(default_factory=SeqCounter)
     committed_seq: int = 0
     recent: dict[tuple[int, str], int] = field(default_factory=dict)
+    system_seq: int = 0
+    rows_seq: int = 0
 
     def dump(self) -> bytes:
         """Compact msgpack: positional fields, roles as small ints."""
@@ -88,15 +93,21 @@ class ConversationState:
                 [[uid, _ROLE_CODE[role]] for uid, role in self.members.items()],
                 self.committed_seq,
                 [[s, c, q] for (s, c), q in self.recent.items()],
+                self.system_seq,
+                self.rows_seq,
             ]
         )
 
     @classmethod
     def load(cls, data: bytes) -> ConversationState:
         """Parse what ``dump`` wrote."""
-        fmt, cid, kind, title, members, seq, recent = unpack(data)
-        if fmt != _STATE_FORMAT:
+        fields = unpack(data)
+        fmt = fields[0]
+        if fmt == 1:  # before system_seq/rows_seq: assume the rows need a check
+            fields = [*fields, 1, 0]
+        elif fmt != _STATE_FORMAT:
             raise WarblerError(ErrorCode.INTERNAL, f"unknown conversation state format {fmt}")
+        _, cid, kind, title, members, seq, recent, system_seq, rows_seq = fields
         return cls(
             conversation_id=cid,
             kind=kind,
@@ -105,6 +116,8 @@ class ConversationState:
             counter=SeqCounter(seq),
             committed_seq=seq,
             recent={(s, c): q for s, c, q in recent},
+            system_seq=system_seq,
+            rows_seq=rows_seq,
         )
 
 
@@ -129,11 +142,13 @@ def _check_title(title: str) -> str:
     return title
 
 
-def apply_system(state: ConversationState, body: dict[str, Any]) -> None:
-    """Apply one membership event to the state (live after its commit, and during replay).
+def apply_system(state: ConversationState, seq: int, body: dict[str, Any]) -> None:
+    """Apply the membership event logged at ``seq`` to the state (live after its commit, and
+    during replay).
 
     Idempotent in effect when the full log is replayed over the current rows: the last event
     touching a member decides."""
+    state.system_seq = max(state.system_seq, seq)
     op = body.get("op")
     if op == "created":
         state.title = body["title"]
@@ -176,13 +191,19 @@ class ConversationEntity(Entity[ConversationState]):
     ) -> ConversationEntity:
         """From the checkpoint (or the SQL rows), then replay of the log after its version."""
         _, conversation_id = parse_key(key)
+        first_page: list[Message] | None = None
         if checkpoint is not None:
             state = ConversationState.load(checkpoint[1])
         else:
-            conversation = await ctx.conversations.get_conversation(conversation_id)
+            # Three independent reads: issue them together (a cold activation's latency is
+            # the sum of its round trips).
+            conversation, members, first_page = await asyncio.gather(
+                ctx.conversations.get_conversation(conversation_id),
+                ctx.conversations.list_members(conversation_id),
+                ctx.messages.page_messages(conversation_id, after_seq=0, limit=_REPLAY_PAGE),
+            )
             if conversation is None:
                 raise WarblerError(ErrorCode.NOT_FOUND, f"no conversation {conversation_id}")
-            members = await ctx.conversations.list_members(conversation_id)
             kind: ConversationKind = "direct" if conversation.kind == "direct" else "group"
             state = ConversationState(
                 conversation_id=conversation_id,
@@ -191,27 +212,30 @@ class ConversationEntity(Entity[ConversationState]):
                 members={m.user_id: m.role for m in members},
             )
         entity = cls(key, ctx, state)
-        await entity._replay()
-        if state.kind == "group":
+        await entity._replay(first_page)
+        if state.system_seq > state.rows_seq:
             await entity._sync_rows()
+            state.rows_seq = state.system_seq
         return entity
 
     def snapshot(self) -> tuple[int, bytes]:
         """Version = the last committed seq the state covers."""
         return self.state.committed_seq, self.state.dump()
 
-    async def _replay(self) -> None:
+    async def _replay(self, page: list[Message] | None = None) -> None:
         state = self.state
         while True:
-            page = await self.ctx.messages.page_messages(
-                state.conversation_id, after_seq=state.committed_seq, limit=_REPLAY_PAGE
-            )
+            if page is None:
+                page = await self.ctx.messages.page_messages(
+                    state.conversation_id, after_seq=state.committed_seq, limit=_REPLAY_PAGE
+                )
             for message in page:
                 self._apply_committed(message.seq, message.sender_id, message.client_msg_id)
                 if message.kind == SYSTEM:
-                    apply_system(state, message.body)
+                    apply_system(state, message.seq, message.body)
             if len(page) < _REPLAY_PAGE:
                 return
+            page = None
 
     def _apply_committed(self, seq: int, sender_id: int, client_msg_id: str) -> None:
         state = self.state
@@ -366,6 +390,7 @@ class ConversationEntity(Entity[ConversationState]):
             "members": [[uid, role] for uid, role in s.members.items()],
         }
         event = await self._log_system(msg.creator_id, msg.op_id, body)
+        s.rows_seq = max(s.rows_seq, s.system_seq)  # the factory wrote these rows
         self._notify_users(list(s.members), "added")
         return event
 
@@ -395,7 +420,7 @@ class ConversationEntity(Entity[ConversationState]):
             return await self._retry_or_raise(msg.actor_id, msg.op_id, exc)
         body = {"op": "added", "by": msg.actor_id, "user_ids": new, "role": msg.role}
         event = await self._log_system(msg.actor_id, msg.op_id, body)
-        await self._write_rows(self.ctx.conversations.add_members, new, msg.role)
+        await self._write_rows((self.ctx.conversations.add_members, (new, msg.role)))
         self._notify_users(new, "added")
         return event
 
@@ -417,7 +442,7 @@ class ConversationEntity(Entity[ConversationState]):
             return await self._retry_or_raise(msg.actor_id, msg.op_id, exc)
         body = {"op": "removed", "by": msg.actor_id, "user_id": msg.user_id}
         event = await self._log_system(msg.actor_id, msg.op_id, body)
-        await self._write_rows(self.ctx.conversations.remove_member, msg.user_id)
+        await self._write_rows((self.ctx.conversations.remove_member, (msg.user_id,)))
         self._notify_users([msg.user_id], "removed")
         return event
 
@@ -434,10 +459,14 @@ class ConversationEntity(Entity[ConversationState]):
         new_owner = roles.heir(self.state.members, msg.user_id) if role == "owner" else None
         body = {"op": "left", "by": msg.user_id, "user_id": msg.user_id, "new_owner": new_owner}
         event = await self._log_system(msg.user_id, msg.op_id, body)
+        store = self.ctx.conversations
         if new_owner is not None:
-            await self._write_rows(self.ctx.conversations.set_role, new_owner, "owner")
+            await self._write_rows(
+                (store.set_role, (new_owner, "owner")), (store.remove_member, (msg.user_id,))
+            )
             self._notify_users([new_owner], "updated")
-        await self._write_rows(self.ctx.conversations.remove_member, msg.user_id)
+        else:
+            await self._write_rows((store.remove_member, (msg.user_id,)))
         self._notify_users([msg.user_id], "removed")
         return event
 
@@ -454,7 +483,7 @@ class ConversationEntity(Entity[ConversationState]):
             return await self._retry_or_raise(msg.actor_id, msg.op_id, exc)
         body = {"op": "renamed", "by": msg.actor_id, "title": title}
         event = await self._log_system(msg.actor_id, msg.op_id, body)
-        await self._write_rows(self.ctx.conversations.rename, title)
+        await self._write_rows((self.ctx.conversations.rename, (title,)))
         return event
 
     @handles(SetRole)
@@ -482,9 +511,11 @@ class ConversationEntity(Entity[ConversationState]):
         if msg.role == "owner":
             body["previous_owner"] = msg.actor_id
         event = await self._log_system(msg.actor_id, msg.op_id, body)
-        await self._write_rows(self.ctx.conversations.set_role, msg.user_id, msg.role)
+        store = self.ctx.conversations
+        writes: list[tuple[Any, tuple[Any, ...]]] = [(store.set_role, (msg.user_id, msg.role))]
         if msg.role == "owner":
-            await self._write_rows(self.ctx.conversations.set_role, msg.actor_id, "admin")
+            writes.append((store.set_role, (msg.actor_id, "admin")))
+        await self._write_rows(*writes)
         self._notify_users([msg.user_id], "updated")
         return event
 
@@ -516,19 +547,24 @@ class ConversationEntity(Entity[ConversationState]):
         # the writer after the appends this mailbox handled before it.
         event = await asyncio.ensure_future(self._commit(draft))
         if not event.duplicate:
-            apply_system(self.state, body)
+            apply_system(self.state, event.seq, body)
         return event
 
-    async def _write_rows(self, method: Any, *args: Any) -> None:
-        # The log already holds the change; a failed row write is repaired from the log at the
-        # next activation, so the command still succeeds.
+    async def _write_rows(self, *writes: tuple[Any, tuple[Any, ...]]) -> None:
+        # The log already holds the change; if a row write fails, rows_seq stays behind and
+        # the next activation repairs the rows from the log, so the command still succeeds.
+        state = self.state
+        target = state.system_seq
         try:
-            await method(self.state.conversation_id, *args)
+            for method, args in writes:
+                await method(state.conversation_id, *args)
         except Exception:
             logger.exception(
                 "conversation %s: membership row write failed; will repair on activation",
-                self.state.conversation_id,
+                state.conversation_id,
             )
+            return
+        state.rows_seq = max(state.rows_seq, target)
 
     def _notify_users(
         self, user_ids: list[int], event: Literal["added", "removed", "updated"]

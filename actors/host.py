@@ -198,7 +198,8 @@ class HostCore:
     def _spawn_factory(self, message: object, reply: Reply, index: int) -> None:
         async def run() -> None:
             try:
-                result: object = await create_conversation(self.ctx, message)
+                async with self._activating:  # same bound: it opens SQL sessions too
+                    result: object = await create_conversation(self.ctx, message)
             except Exception as exc:
                 result = as_error(exc, NEW_CONVERSATION_KEY)
             reply.set(index, result)

@@ -321,10 +321,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for name in (await cluster.current_map(settings)).hosts  # type: ignore[union-attr]
         ]
         rt = await Runtime.connect(settings)
-        created = await rt.call_many(
-            [(NEW_CONVERSATION_KEY, CreateGroup(owner, f"g{i}", (peer,))) for i in range(1000)]
-        )
+        created: list[object] = []
+        for chunk in range(0, 1000, 200):  # chunks: a loaded database stays within timeouts
+            created += await rt.call_many(
+                [
+                    (NEW_CONVERSATION_KEY, CreateGroup(owner, f"g{i}", (peer,)))
+                    for i in range(chunk, chunk + 200)
+                ]
+            )
         await rt.close()
+        failed = [e for e in created if not isinstance(e, MessageEvent)]
+        if failed:
+            raise RuntimeError(f"{len(failed)} group creations failed, e.g. {failed[0]!r}")
         keys = [conv_key(e.conversation_id) for e in created if isinstance(e, MessageEvent)]
         out.update(await phase_throughput(settings, owner, keys, args.seconds, host_pids))
         out["load_average_1m"] = os.getloadavg()[0]

@@ -10,7 +10,12 @@ import redis.asyncio as aioredis
 from actor_helpers import MakeUser, ask
 
 from actors.context import EntityContext
-from actors.conversation import RECENT_MAX, ConversationEntity, create_conversation
+from actors.conversation import (
+    RECENT_MAX,
+    ConversationEntity,
+    ConversationState,
+    create_conversation,
+)
 from actors.entity import Later
 from actors.messages import (
     AddMembers,
@@ -269,13 +274,23 @@ async def test_activation_repairs_rows_that_drifted_from_the_log(
     owner, ann, bob = await make_user("o"), await make_user("a"), await make_user("b")
     entity, _ = await new_group(ctx, owner, [ann])
     cid = entity.state.conversation_id
-    # As if a host died between logging "removed" and deleting the row, and another row
-    # was never written after an "added".
+    before = entity.snapshot()
     await ask(entity, RemoveMember(owner.id, ann.id))
     await ask(entity, AddMembers(owner.id, (bob.id,)))
+    assert entity.state.rows_seq == entity.state.system_seq == 3
+    # As if the host died after logging both events and before writing their rows: the rows
+    # still say what they said before, and the checkpoint says the rows lag the log.
     await ctx.conversations.add_members(cid, [ann.id])
     await ctx.conversations.remove_member(cid, bob.id)
-    await ConversationEntity.restore(entity.key, ctx, entity.snapshot())
+    crashed = ConversationState.load(entity.snapshot()[1])
+    crashed.rows_seq = ConversationState.load(before[1]).rows_seq
+    restored = await ConversationEntity.restore(entity.key, ctx, (3, crashed.dump()))
+    rows = {m.user_id: m.role for m in await ctx.conversations.list_members(cid)}
+    assert rows == {owner.id: "owner", bob.id: "member"} == restored.state.members
+    assert restored.state.rows_seq == 3
+    # With no checkpoint at all, replaying the whole log repairs them too.
+    await ctx.conversations.add_members(cid, [ann.id])
+    await ConversationEntity.restore(entity.key, ctx, None)
     rows = {m.user_id: m.role for m in await ctx.conversations.list_members(cid)}
     assert rows == {owner.id: "owner", bob.id: "member"}
 
