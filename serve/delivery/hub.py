@@ -406,7 +406,10 @@ class DeliveryHub:
         event = frame.get("event")
         text = dump_frame(ConversationEventFrame.model_validate(frame))
         if event == "added" and conv not in local.convs:
-            local.convs[conv] = str(frame.get("kind") or "group")
+            # Entities announce groups with no details; the gateway's own announcement of a
+            # new direct conversation carries them (kind decides presence pushes).
+            details = frame.get("conversation") or {}
+            local.convs[conv] = str(details.get("kind") or "group")
             users = self._conv_users.setdefault(conv, set())
             users.add(user_id)
             if len(users) == 1:

@@ -8,7 +8,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from actors.events import conversation_payload
 from actors.messages import (
     AddMembers,
     Append,
@@ -45,6 +44,7 @@ from warbler.config import Settings
 from warbler.errors import ErrorCode, WarblerError
 from warbler.protocol import (
     AckPublic,
+    ConversationEventFrame,
     ConversationPublic,
     ConversationSummaryPublic,
     GroupCreate,
@@ -212,7 +212,12 @@ class ChatHandler:
         if info.last_seq == 0:
             # A new (or still empty) direct conversation: tell both users' gateways, as
             # entities do for groups, so they subscribe to it (and catch up its first page).
-            payload = conversation_payload("added", info.conversation_id)
+            frame = ConversationEventFrame(
+                event="added",
+                conversation_id=info.conversation_id,
+                conversation=conversation_public(info),
+            )
+            payload = dump_frame(frame).encode()
             for uid in (user_id, peer_id):
                 self._publisher.publish(self._keys.user_channel(uid), payload)
             # Out before the first message, so gateways usually subscribe in time for it.
