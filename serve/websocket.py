@@ -219,8 +219,16 @@ class SocketSession:
     async def _dispatch(self, conn: Connection, frame: ClientFrame) -> None:
         chat = self._ctx.chat
         if isinstance(frame, SendFrame):
-            ack = await chat.send(conn.user_id, frame, conn)
-            conn.send(dump_frame(AckFrame(id=frame.id, **ack.model_dump())))
+            event = await chat.append(conn.user_id, frame, conn)
+            ack = AckFrame(
+                id=frame.id,
+                conversation_id=event.conversation_id,
+                seq=event.seq,
+                client_msg_id=event.client_msg_id,
+                created_at=event.created_at,
+                duplicate=event.duplicate,
+            )
+            conn.send(dump_frame(ack))
         elif isinstance(frame, SyncFrame):
             await self._sync(frame.id, frame.cursors, begun=False)
         elif isinstance(frame, HistoryFrame):

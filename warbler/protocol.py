@@ -18,6 +18,8 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    StrictInt,
+    StrictStr,
     TypeAdapter,
     ValidationError,
     model_validator,
@@ -35,7 +37,8 @@ WS_TOKEN_QUERY = "access_token"
 HELLO_TIMEOUT_S = 10.0
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
-RequestId = str | int
+# A client's request id, echoed in the answer: a short string or an integer (never a bool).
+RequestId = Annotated[StrictStr, Field(max_length=64)] | StrictInt
 MessageKind = Literal["text", "json", "system"]
 SendKind = Literal["text", "json"]
 Role = Literal["owner", "admin", "member"]
@@ -550,7 +553,9 @@ def _request_id(raw: object) -> RequestId | None:
     # Best effort: echo the id of a frame that failed validation, so the client can match it.
     if isinstance(raw, dict):
         rid = raw.get("id")
-        if isinstance(rid, str | int) and not isinstance(rid, bool):
+        if isinstance(rid, int) and not isinstance(rid, bool):
+            return rid
+        if isinstance(rid, str) and len(rid) <= 64:
             return rid
     return None
 
@@ -562,19 +567,21 @@ def parse_client_frame(data: str | bytes) -> ClientFrame:
     validation ``errors``.
     """
     try:
+        # The hot path: straight from JSON text, no intermediate dict.
+        return _CLIENT_FRAME.validate_json(data)
+    except ValidationError as exc:
+        error = exc
+    try:
         raw = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise WarblerError(ErrorCode.BAD_REQUEST, f"frame is not JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise WarblerError(ErrorCode.BAD_REQUEST, "frame must be a JSON object")
-    try:
-        return _CLIENT_FRAME.validate_python(raw)
-    except ValidationError as exc:
-        rid = _request_id(raw)
-        details: dict[str, Any] = {"errors": validation_errors(exc)}
-        if rid is not None:
-            details["request_id"] = rid
-        raise WarblerError(ErrorCode.VALIDATION, _summary(exc), details=details) from None
+    rid = _request_id(raw)
+    details: dict[str, Any] = {"errors": validation_errors(error)}
+    if rid is not None:
+        details["request_id"] = rid
+    raise WarblerError(ErrorCode.VALIDATION, _summary(error), details=details)
 
 
 def parse_server_frame(data: str | bytes) -> ServerFrame:

@@ -101,10 +101,15 @@ class ChatHandler:
 
     # -- messages ---------------------------------------------------------------------------
 
-    async def send(
-        self, user_id: int, body: MessageCreate, conn: Connection | None = None
-    ) -> AckPublic:
+    async def send(self, user_id: int, body: MessageCreate) -> AckPublic:
         """Append a message; the ack says it is durable under its seq."""
+        return ack_public(await self.append(user_id, body))
+
+    async def append(
+        self, user_id: int, body: MessageCreate, conn: Connection | None = None
+    ) -> MessageEvent:
+        """Append a message and return the committed event (``duplicate`` for a resend).
+        ``conn`` is the sending socket: it gets the ack, not an echo."""
         wait_s = self._limiter.try_take(user_id)
         if wait_s > 0:
             raise WarblerError(
@@ -131,8 +136,7 @@ class ChatHandler:
             kind=body.kind,
             body=to_entity_body(body.kind, body.body),
         )
-        event = _expect(await self._calls.call(conv_key(conversation_id), append), MessageEvent)
-        return ack_public(event)
+        return _expect(await self._calls.call(conv_key(conversation_id), append), MessageEvent)
 
     async def read_log(
         self,
