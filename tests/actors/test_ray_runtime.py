@@ -36,7 +36,9 @@ async def hosts(ray_cluster: Any, db: Database, test_settings: Settings) -> Asyn
 
 @pytest.fixture
 async def runtime(hosts: Settings) -> AsyncIterator[Runtime]:
-    rt = await Runtime.connect(hosts)
+    # A generous deadline: on a loaded machine a killed host can take several seconds to
+    # come back, and the tests check the guarantees, not the speed.
+    rt = await Runtime.connect(hosts, call_timeout_s=60.0)
     yield rt
     await rt.close()
 
@@ -186,7 +188,7 @@ async def test_adding_and_removing_hosts_under_traffic(
     settings = runtime.settings
     # Two gateways with their own copies of the map: while a move is under way one may route
     # by the old map and the other by the new; the hosts must still never both serve a key.
-    other = await Runtime.connect(settings)
+    other = await Runtime.connect(settings, call_timeout_s=60.0)
     loads = [Load(runtime, owner.id, keys, prefix="a"), Load(other, owner.id, keys, prefix="b")]
     tasks = [asyncio.ensure_future(load.run()) for load in loads]
     try:
