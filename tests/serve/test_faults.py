@@ -137,6 +137,8 @@ async def test_removed_replica_tells_its_sockets(
 
     from serve.app import build_app
 
+    if not gateway.settings.use_haproxy:
+        pytest.skip("Serve's Python proxy drops a deleted app's sockets (1006); clients resume")
     name = f"{gateway.app_name}-drain"
     settings = gateway.settings.model_copy(
         update={"gateway_initial_replicas": 1, "gateway_min_replicas": 1}
