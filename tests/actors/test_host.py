@@ -139,9 +139,17 @@ async def test_idle_entities_are_checkpointed_and_passivated(
     assert event.seq == 5 and host.activations == before + 1
 
 
-async def test_memory_bound_passivates_least_recently_used(host_factory: HostFactory) -> None:
+def fresh_user_keys(uid: str, n: int) -> list[str]:
+    """Session keys no earlier run has used (SQL checkpoints outlive a test's namespace)."""
+    base = int(uid, 16) * 100
+    return [user_key(base + i) for i in range(1, n + 1)]
+
+
+async def test_memory_bound_passivates_least_recently_used(
+    host_factory: HostFactory, uid: str
+) -> None:
     host = await host_factory(max_active_entities=3)
-    keys = [user_key(10**12 + i) for i in range(6)]
+    keys = fresh_user_keys(uid, 6)
     for key in keys:
         [info] = await batch(host, [(key, ConnectDevice("phone", "replica-1"))])
         assert info.devices
@@ -235,10 +243,10 @@ async def test_no_host_serves_a_moving_key_until_the_move_commits(
 
 
 async def test_a_suspended_handler_keeps_later_messages_in_order(
-    host_factory: HostFactory,
+    host_factory: HostFactory, uid: str
 ) -> None:
     host = await host_factory()
-    key = user_key(10**12 + 77)
+    [key] = fresh_user_keys(uid, 1)
     # ConnectDevice waits on Redis (the mailbox suspends); the reads queued behind it must
     # see the devices in arrival order.
     results = await batch(
