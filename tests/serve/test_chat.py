@@ -10,8 +10,9 @@ import uuid
 import httpx
 import pytest
 import websockets
-from conftest import GatewayInfo
 from gwclient import Account, connect, make_account
+
+from tests.support import GatewayInfo
 
 pytestmark = pytest.mark.ray
 

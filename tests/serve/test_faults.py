@@ -11,8 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import GatewayInfo
 from gwclient import Account, Device, make_account
+
+from tests.support import GatewayInfo
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
