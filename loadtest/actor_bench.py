@@ -336,6 +336,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         keys = [conv_key(e.conversation_id) for e in created if isinstance(e, MessageEvent)]
         out.update(await phase_throughput(settings, owner, keys, args.seconds, host_pids))
         out["load_average_1m"] = os.getloadavg()[0]
+        if args.throughput_only:
+            await cluster.shutdown_hosts(settings)
+            return out
         out.update(await phase_cold_activation(settings, owner, keys))
         out.update(await phase_kill(settings, db, owner, keys, args.kill_trials))
         await cluster.shutdown_hosts(settings)
@@ -387,9 +390,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="per mode and workload")
     parser.add_argument("--entities", type=int, default=100_000, help="memory phase")
     parser.add_argument("--kill-trials", type=int, default=2)
+    parser.add_argument(
+        "--throughput-only", action="store_true", help="phase 1 only (for profiling runs)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     out = asyncio.run(run(args))
+    if args.throughput_only:
+        print(json.dumps(out))
+        return
     print_table(out)
     print(json.dumps(out))
 

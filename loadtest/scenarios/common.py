@@ -44,7 +44,7 @@ class BenchOptions:
     missed: int = 10_000
     recovery_pairs: int = 50
     recovery_rate: float = 500.0
-    recovery_duration_s: float = 24.0
+    recovery_after_s: float = 15.0
     provision_concurrency: int = 8
     # Record the server's hosts and gateway replicas with py-spy during throughput phases.
     profile_dir: Path | None = None
