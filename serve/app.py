@@ -1,7 +1,11 @@
 """The Serve application: the gateway deployment and its builder.
 
 ``build_app(settings)`` returns the bound application; ``serve run serve.app:build_app`` works
-too (its arguments become Settings fields, the rest comes from ``WARBLER_*`` variables).
+too (its arguments become Settings fields, the rest comes from ``WARBLER_*`` variables), and so
+does ``import_path: serve.app:app`` in a Serve config or a KubeRay RayService (``app`` is built on
+first access from the ``WARBLER_*`` variables, never at import). On that path nothing else has
+prepared the cluster, so each replica first migrates the schema and starts (or finds) the actor
+hosts; both are idempotent and safe when replicas race.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application
 
+from actors import start_hosts
 from serve.api import create_api
 from serve.context import GatewayContext
+from storage import Database
 from warbler.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -36,6 +42,7 @@ class Gateway:
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         # Serve calls this once, after __init__, inside the replica's event loop.
+        await _prepare_cluster(self._settings)
         self._ctx = await GatewayContext.start(self._settings)
         return create_api(self._ctx)
 
@@ -47,6 +54,16 @@ class Gateway:
     async def __del__(self) -> None:
         if self._ctx is not None:
             await self._ctx.close()
+
+
+async def _prepare_cluster(settings: Settings) -> None:
+    """Schema at head and the actor hosts running: a no-op after `warbler up` did both."""
+    db = Database.from_settings(settings)
+    try:
+        await db.migrate()
+    finally:
+        await db.close()
+    await start_hosts(settings)
 
 
 def deployment_options(settings: Settings) -> dict[str, Any]:
@@ -81,3 +98,11 @@ def build_app(args: Settings | dict[str, Any]) -> Application:
     settings.check_production()
     deployment = serve.deployment(**deployment_options(settings))(serve.ingress()(Gateway))
     return deployment.bind(settings)
+
+
+def __getattr__(name: str) -> Application:
+    # `import_path: serve.app:app` (Serve config, RayService): built when Serve asks for it, so
+    # importing this module reads no environment.
+    if name == "app":
+        return build_app({})
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

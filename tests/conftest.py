@@ -8,6 +8,7 @@ Ray namespace never collide with another run; tests isolate rows by unique ids (
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -34,7 +35,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # directory: haproxy's unix sockets live below it (path length limit).
     from serve.ingress import ingress_env
 
-    probe = Settings(data_dir=Path(tempfile.mkdtemp(prefix="wsv-")))
+    haproxy_dir = tempfile.mkdtemp(prefix="wsv-")
+    config.add_cleanup(lambda: shutil.rmtree(haproxy_dir, ignore_errors=True))
+    probe = Settings(data_dir=Path(haproxy_dir))
     for name, value in ingress_env(probe).items():
         os.environ.setdefault(name, value)
 
@@ -105,9 +108,6 @@ def ray_cluster(settings: Settings) -> Iterator[Any]:
         )
     yield ray
     ray.shutdown()
-
-
-NUM_HOSTS = 2
 
 
 NUM_HOSTS = 2

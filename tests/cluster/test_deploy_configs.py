@@ -294,9 +294,6 @@ def test_rayservice_import_path_resolves_to_this_repo(rayservice: dict[str, Any]
 
 def test_rayservice_import_path_names_a_serve_application() -> None:
     module = importlib.import_module("serve.app")
-    if not hasattr(module, "app"):
-        # The gateway's part; until it lands `serve deploy` cannot start the app (deploy.md).
-        pytest.xfail("serve.app has no `app` yet")
     assert isinstance(module.app, Application)
 
 
