@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import logging
 import os
 import signal
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -116,9 +118,14 @@ async def phase_throughput(
     def read_calls(w: int, r: int, n: int) -> list[tuple[str, object]]:
         return reads[:n]
 
+    sent = itertools.count()
+
     def append_calls(w: int, r: int, n: int) -> list[tuple[str, object]]:
+        # Every append is new: (w, r) restart in each slice and mode, and a repeated
+        # client_msg_id would measure the duplicate path instead of durable appends.
+        call = next(sent)
         return [
-            (keys[i % len(keys)], Append(owner, f"{run_id}{w}-{r}-{i}", "text", {"n": i}))
+            (keys[i % len(keys)], Append(owner, f"{run_id}-{call}-{i}", "text", {"n": i}))
             for i in range(n)
         ]
 
@@ -320,6 +327,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             (await cluster.get_host(settings, name).ping.remote())["pid"]
             for name in (await cluster.current_map(settings)).hosts  # type: ignore[union-attr]
         ]
+        print(f"host pids (for py-spy): {host_pids}", file=sys.stderr, flush=True)
         rt = await Runtime.connect(settings)
         created: list[object] = []
         for chunk in range(0, 1000, 200):  # chunks: a loaded database stays within timeouts
