@@ -1,4 +1,4 @@
-"""The one configuration class. Built once at an entry point and passed down; never read at import."""
+"""The one configuration class: built once at an entry point and passed down, never at import."""
 
 from __future__ import annotations
 
