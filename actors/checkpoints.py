@@ -72,6 +72,10 @@ class Checkpointer:
         """Write the Redis copy."""
         await self._cache.put(key, version, state, HOT_TTL_S)
 
+    async def save_hot_many(self, items: list[tuple[str, int, bytes]]) -> None:
+        """Write the Redis copies of many ``(key, version, state)`` in one round trip."""
+        await self._cache.put_many(items, HOT_TTL_S)
+
     async def save_durable(self, key: str, version: int, state: bytes) -> None:
         """Write the SQL copy."""
         await self._store.put(key, version, state)

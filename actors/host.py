@@ -42,6 +42,9 @@ KINDS: dict[str, type[Entity[Any]]] = {
 _CHECKPOINT_CONCURRENCY = 32
 _ACTIVATION_CONCURRENCY = 32
 _EVICT_BATCH = 1024
+# Hot checkpoints per Redis script call: bounds the time one call holds Redis (states are
+# a few hundred bytes).
+_HOT_BATCH = 256
 _LATENCY_SAMPLES = 4096
 
 
@@ -276,23 +279,50 @@ class HostCore:
     # --- checkpoints and passivation ----------------------------------------------------------
 
     async def _checkpoint(self, activation: Activation, *, durable: bool) -> None:
-        entity = activation.entity
-        if entity is None:
-            return
-        changes = entity.changes
-        version, state = entity.snapshot()
-        async with self._io:
+        await self._checkpoint_many([(activation, durable)])
+
+    async def _checkpoint_many(self, due: list[tuple[Activation, bool]]) -> None:
+        """Checkpoint each ``(activation, durable)``: every hot copy due goes to Redis in one
+        script call per ``_HOT_BATCH`` (one round trip per tick, not one per entity: per-entity
+        calls were a third of a host's time under continuous appends); SQL copies one by one."""
+        hot: list[tuple[Activation, int, int, bytes]] = []
+        cold: list[tuple[Activation, int, int, bytes]] = []
+        for activation, durable in due:
+            entity = activation.entity
+            if entity is None:
+                continue
+            changes = entity.changes
+            version, state = entity.snapshot()
             if changes != activation.redis_mark:
-                try:
-                    await self._checkpointer.save_hot(activation.key, version, state)
-                    activation.redis_mark = changes
-                    self.redis_checkpoints += 1
-                except Exception:
-                    logger.warning("hot checkpoint of %s failed", activation.key, exc_info=True)
+                hot.append((activation, changes, version, state))
             if durable and changes != activation.sql_mark:
-                await self._checkpointer.save_durable(activation.key, version, state)
-                activation.sql_mark = changes
-                self.sql_checkpoints += 1
+                cold.append((activation, changes, version, state))
+        for first in range(0, len(hot), _HOT_BATCH):
+            chunk = hot[first : first + _HOT_BATCH]
+            try:
+                async with self._io:
+                    await self._checkpointer.save_hot_many([(a.key, v, s) for a, _, v, s in chunk])
+            except Exception:
+                logger.warning(
+                    "hot checkpoint of %d entities (%s, ...) failed",
+                    len(chunk),
+                    chunk[0][0].key,
+                    exc_info=True,
+                )
+                continue
+            for activation, changes, _, _ in chunk:
+                activation.redis_mark = max(activation.redis_mark, changes)
+            self.redis_checkpoints += len(chunk)
+        if cold:
+            await asyncio.gather(*(self._save_durable(*item) for item in cold))
+
+    async def _save_durable(
+        self, activation: Activation, changes: int, version: int, state: bytes
+    ) -> None:
+        async with self._io:
+            await self._checkpointer.save_durable(activation.key, version, state)
+        activation.sql_mark = max(activation.sql_mark, changes)
+        self.sql_checkpoints += 1
 
     async def passivate(self, activation: Activation) -> None:
         """Finish in-flight messages, checkpoint to Redis and SQL, drop the activation."""
@@ -377,7 +407,7 @@ class HostCore:
                 due.append((activation, durable))
                 del self._dirty[key]
         if due:
-            await asyncio.gather(*(self._checkpoint(a, durable=d) for a, d in due))
+            await self._checkpoint_many(due)
             for activation, _ in due:  # changed again while being written
                 entity = activation.entity
                 if entity is not None and entity.changes != activation.redis_mark:

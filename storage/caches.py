@@ -7,7 +7,7 @@ Nothing here is durable: SQL is the source of truth.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import redis.asyncio as aioredis
 
@@ -29,6 +29,25 @@ if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) else redis.call('PERSIST', K
 return 1
 """
 
+# _CKPT_PUT for many keys at once: ARGV holds (version, state) per key, then the TTL last.
+# Returns one 1/0 per key, as _CKPT_PUT would.
+_CKPT_PUT_MANY = """
+local ttl = tonumber(ARGV[#ARGV])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local version = tonumber(ARGV[2 * i - 1])
+  local v = redis.call('HGET', key, 'v')
+  if v and tonumber(v) >= version then
+    out[i] = 0
+  else
+    redis.call('HSET', key, 'v', ARGV[2 * i - 1], 's', ARGV[2 * i])
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
+    out[i] = 1
+  end
+end
+return out
+"""
+
 
 class CheckpointCache:
     """The hot copy of each entity's checkpoint: ``(version, state)``; a newer version wins."""
@@ -37,6 +56,7 @@ class CheckpointCache:
         self._redis = redis
         self._keys = keys
         self._put = redis.register_script(_CKPT_PUT)
+        self._put_many = redis.register_script(_CKPT_PUT_MANY)
 
     async def get(self, key: str) -> tuple[int, bytes] | None:
         """``(version, state)`` of entity ``key``, or None."""
@@ -52,6 +72,21 @@ class CheckpointCache:
             keys=[self._keys.ckpt(key)], args=[version, state, int(ttl_s * 1000)]
         )
         return bool(stored)
+
+    async def put_many(
+        self, items: Sequence[tuple[str, int, bytes]], ttl_s: float = 0
+    ) -> list[bool]:
+        """``put`` for many ``(key, version, state)`` at once, in one round trip (one script
+        call): a host checkpoints everything due in one tick this way. One bool per item."""
+        if not items:
+            return []
+        args: list[int | bytes] = []
+        for _, version, state in items:
+            args.append(version)
+            args.append(state)
+        args.append(int(ttl_s * 1000))
+        stored = await self._put_many(keys=[self._keys.ckpt(k) for k, _, _ in items], args=args)
+        return [bool(x) for x in stored]
 
     async def delete(self, key: str) -> None:
         """Forget entity ``key``'s hot checkpoint."""

@@ -86,3 +86,22 @@ async def test_redis_checkpoint_ttl(redis: aioredis.Redis, keys: Keys) -> None:
     await cache.put("ttl", 2, b"y")  # no ttl: kept until replaced
     assert await redis.pttl(keys.ckpt("ttl")) == -1
     await cache.delete("ttl")
+
+
+async def test_redis_checkpoint_put_many_keeps_the_newer_version_per_key(
+    redis: aioredis.Redis, keys: Keys
+) -> None:
+    cache = CheckpointCache(redis, keys)
+    assert await cache.put_many([]) == []
+    await cache.put("b", 7, b"seven")
+    stored = await cache.put_many(
+        [("a", 1, b"\x00one\xff"), ("b", 6, b"older"), ("c", 3, b"three"), ("b", 8, b"eight")],
+        ttl_s=100,
+    )
+    assert stored == [True, False, True, True]
+    assert await cache.get("a") == (1, b"\x00one\xff")
+    assert await cache.get("b") == (8, b"eight")
+    assert await cache.get("c") == (3, b"three")
+    assert 0 < await redis.pttl(keys.ckpt("c")) <= 100_000
+    assert await cache.put_many([("c", 4, b"four")]) == [True]  # no ttl: kept until replaced
+    assert await redis.pttl(keys.ckpt("c")) == -1
