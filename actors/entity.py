@@ -31,14 +31,15 @@ _HANDLES_ATTR = "__warbler_handles__"
 class Later:
     """A reply that completes after the mailbox has moved on (see the module docstring).
 
-    The awaitable is scheduled as a task right away, so work it queues (a draft handed to the
-    group-commit writer) is queued in mailbox order.
+    A coroutine is scheduled as a task right away, so work it queues (a draft handed to the
+    group-commit writer) is queued in mailbox order. A future is taken as it is (no task): the
+    cheap form for a handler that has already queued its work.
     """
 
     __slots__ = ("task",)
 
-    def __init__(self, work: Coroutine[Any, Any, object]) -> None:
-        self.task: asyncio.Task[object] = asyncio.ensure_future(work)
+    def __init__(self, work: Coroutine[Any, Any, object] | asyncio.Future[Any]) -> None:
+        self.task: asyncio.Future[object] = asyncio.ensure_future(work)
 
 
 def handles(

@@ -150,7 +150,7 @@ class Activation:
         else:
             self._answer(reply, index, result)
 
-    def _later_done(self, reply: Reply, index: int, task: asyncio.Task[object]) -> None:
+    def _later_done(self, reply: Reply, index: int, task: asyncio.Future[object]) -> None:
         if task.cancelled():
             result: object = as_error(asyncio.CancelledError(), self.key)
         else:

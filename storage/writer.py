@@ -96,8 +96,10 @@ class GroupCommitWriter:
             self._task = None
             await self._drop_connection()
 
-    async def append(self, draft: MessageDraft, counter: SeqCounter) -> StoredMessage:
-        """Queue ``draft`` and wait until its batch commits; raises what the batch raised."""
+    def submit(self, draft: MessageDraft, counter: SeqCounter) -> asyncio.Future[StoredMessage]:
+        """Queue ``draft`` now and return the future of its commit (what the batch raised, on
+        failure). Synchronous: the draft is queued in call order, and a caller that does not
+        need a coroutine of its own (an entity answering through a callback) costs no task."""
         if not self.running:
             raise WarblerError(ErrorCode.UNAVAILABLE, "the message writer is not running")
         validate_draft(draft)
@@ -107,7 +109,11 @@ class GroupCommitWriter:
         self._nonempty.set()
         if len(self._pending) >= self._max_batch:
             self._full.set()
-        return await item.future
+        return item.future
+
+    async def append(self, draft: MessageDraft, counter: SeqCounter) -> StoredMessage:
+        """Queue ``draft`` and wait until its batch commits; raises what the batch raised."""
+        return await self.submit(draft, counter)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
