@@ -175,7 +175,10 @@ class Ownership:
 
     def owns(self, key: str) -> bool:
         """True when this host may activate and serve ``key``."""
-        if not self.maps:
+        maps = self.maps
+        if len(maps) == 1:  # no move under way: the common case, checked for every envelope
+            return maps[0].owner(key) == self.host
+        if not maps:
             return False
         host = self.host
-        return all(m.owner(key) == host for m in self.maps)
+        return all(m.owner(key) == host for m in maps)
