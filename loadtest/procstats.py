@@ -61,6 +61,17 @@ class ProcessGroup:
                 continue
         return int(total)
 
+    def rss_by_title(self) -> dict[str, int]:
+        """Resident memory summed per process title (``ray::ActorHost``, ``haproxy``, ...)."""
+        out: dict[str, int] = {}
+        for proc in self._procs.values():
+            try:
+                title = process_title(proc).split(".", 1)[0]  # ray::X.method -> ray::X
+                out[title] = out.get(title, 0) + int(proc.memory_info().rss)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return out
+
     def names(self) -> dict[int, str]:
         """A short title per process (its command line's first word, e.g. ``ray::ActorHost``)."""
         out: dict[int, str] = {}

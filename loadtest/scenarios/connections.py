@@ -64,6 +64,7 @@ def measure(target: Target, options: BenchOptions) -> tuple[Figures, list[str]]:
     worker_plans = plans(target, options, run_id)
     server = ProcessGroup(target.server_pids())
     rss_before = server.rss_bytes()
+    by_title_before = server.rss_by_title()
     started = time.perf_counter()
     with generator(target, worker_plans, ready_s=options.connect_budget_s + 60) as pool:
         connect_s = time.perf_counter() - started
@@ -71,6 +72,7 @@ def measure(target: Target, options: BenchOptions) -> tuple[Figures, list[str]]:
         # Processes the server started while sockets arrived (a new replica) count too.
         server_now = ProcessGroup(target.server_pids())
         rss_after = server_now.rss_bytes()
+        by_title_after = server_now.rss_by_title()
         answered, asked = pool.pool.ping(PING_SAMPLE)
         held = pool.connected
         errors: dict[str, int] = {}
@@ -78,6 +80,12 @@ def measure(target: Target, options: BenchOptions) -> tuple[Figures, list[str]]:
             for reason, n in report.errors.items():
                 errors[reason] = errors.get(reason, 0) + n
     per_socket = (rss_after - rss_before) / held if held else None
+    # Where the memory went: KB per socket by process title, largest first.
+    growth = {
+        title: (rss - by_title_before.get(title, 0)) / held / 1024
+        for title, rss in by_title_after.items()
+    } if held else {}
+    growth_top = dict(sorted(growth.items(), key=lambda kv: -kv[1])[:5])
     figures = Figures(
         extra={
             "sockets": held,
@@ -92,10 +100,14 @@ def measure(target: Target, options: BenchOptions) -> tuple[Figures, list[str]]:
             "server_rss_before_mb": rss_before / 2**20,
             "server_rss_after_mb": rss_after / 2**20,
             "server_processes": len(server_now.pids),
+            "kb_per_socket_by_process": growth_top,
             "first_errors": dict(sorted(errors.items(), key=lambda kv: -kv[1])[:3]),
         }
     )
     limits = [_limit(target.name, held, options, errors)]
+    if growth_top:
+        where = ", ".join(f"{title} {kb:.1f}" for title, kb in growth_top.items())
+        limits.append(f"{target.name}: KB per socket by process: {where}")
     return figures, limits
 
 
