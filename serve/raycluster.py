@@ -31,6 +31,9 @@ _STOP_TIMEOUT_S = 60.0
 def port_free(host: str, port: int) -> bool:
     """True if nothing listens on ``host:port``."""
     with socket.socket() as s:
+        # As servers bind (uvicorn, Ray): a port whose old connections sit in TIME_WAIT after
+        # `warbler down` is free to use again.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
