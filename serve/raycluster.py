@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from serve.ingress import free_port
+from storage.redis import process_alive as pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -39,21 +40,6 @@ def port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` runs (and is not a zombie)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def start_head(
