@@ -26,7 +26,8 @@ import httpx
 import typer
 
 from serve.ingress import haproxy_dir, http_options, ingress_env
-from serve.raycluster import pid_alive, pids_with_arg, port_free, start_head, stop_head
+from serve.raycluster import pids_with_arg, port_free, start_head, stop_head
+from storage.redis import process_alive
 from warbler.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -69,8 +70,8 @@ class UpState:
     def running(self) -> bool:
         """True while the cluster this state describes still runs."""
         if self.ray_head_pid is not None:
-            return pid_alive(self.ray_head_pid)
-        return pid_alive(self.launcher_pid)
+            return process_alive(self.ray_head_pid)
+        return process_alive(self.launcher_pid)
 
 
 def _settings(port: int | None, ray_address: str | None) -> Settings:
@@ -245,7 +246,7 @@ def _wait_for_interrupt(head_pid: int | None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(1.0):
-        if head_pid is not None and not pid_alive(head_pid):
+        if head_pid is not None and not process_alive(head_pid):
             typer.echo("the Ray head exited", err=True)
             return
 
@@ -269,7 +270,7 @@ def _stop(state: UpState) -> None:
     settings = Settings(
         data_dir=Path(state.data_dir), namespace=state.namespace, redis_url=state.redis_url
     )
-    if state.ray_head_pid is None or pid_alive(state.ray_head_pid):
+    if state.ray_head_pid is None or process_alive(state.ray_head_pid):
         with contextlib.suppress(Exception):
             _undeploy(settings, state)
     if state.ray_head_pid is not None:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from serve.ingress import free_port
-from storage.redis import process_alive as pid_alive
+from storage.redis import process_alive
 
 logger = logging.getLogger(__name__)
 
@@ -87,14 +87,14 @@ def stop_head(pid: int) -> None:
     """SIGTERM the head (it drains and stops every process of its node); SIGKILL its process
     group if it lingers. Only the head gets SIGTERM: signalling the whole group at once makes
     its children die under it and the head wait out its drain timeout."""
-    if not pid_alive(pid):
+    if not process_alive(pid):
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + _STOP_TIMEOUT_S
-    while time.monotonic() < deadline and pid_alive(pid):
+    while time.monotonic() < deadline and process_alive(pid):
         time.sleep(0.2)
-    if pid_alive(pid):
+    if process_alive(pid):
         logger.warning("the Ray head (pid %s) ignored SIGTERM; killing its group", pid)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)

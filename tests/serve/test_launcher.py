@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from serve.ingress import free_port
-from serve.raycluster import pid_alive, pids_with_arg
+from serve.raycluster import pids_with_arg
+from storage.redis import process_alive
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +42,7 @@ def test_up_detach_then_down(tmp_path: Path) -> None:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         assert f"http://127.0.0.1:{port}/docs" in up.stdout
         state = json.loads(state_path.read_text())
-        assert pid_alive(state["ray_head_pid"]) and pid_alive(state["redis_pid"])
+        assert process_alive(state["ray_head_pid"]) and process_alive(state["redis_pid"])
         base = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{base}/readyz", timeout=10).json()["status"] == "ok"
         assert httpx.get(f"{base}/docs", timeout=10).status_code == 200
@@ -56,8 +57,8 @@ def test_up_detach_then_down(tmp_path: Path) -> None:
         )
     assert down.returncode == 0, down.stdout[-3000:] + down.stderr[-3000:]
     assert not state_path.exists()
-    assert not pid_alive(state["ray_head_pid"])
-    assert not pid_alive(state["redis_pid"])
+    assert not process_alive(state["ray_head_pid"])
+    assert not process_alive(state["redis_pid"])
     assert not pids_with_arg(state["haproxy_dir"])
     # The data survives: the database file is still there for the next `up`.
     assert (data_dir / "warbler.db").exists()
