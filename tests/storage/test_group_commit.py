@@ -345,3 +345,37 @@ async def test_client_msg_ids_compare_exactly(
         (3, False),
         (3, True),
     ]
+
+
+async def test_submit_queues_synchronously_in_call_order(
+    make_writer: MakeWriter,
+    db: Database,
+    conversations: ConversationStore,
+    messages: MessageStore,
+    sender: User,
+    uid: str,
+) -> None:
+    (conv,) = await _groups(conversations, sender, 1)
+    counter = SeqCounter()
+    stopped = make_writer(max_delay_ms=1)
+    with pytest.raises(WarblerError) as err:
+        stopped.submit(MessageDraft(conv, sender.id, f"{uid}-x", "text", {}), counter)
+    assert err.value.code is ErrorCode.UNAVAILABLE
+    writer = await _started(make_writer(max_batch=8, max_delay_ms=HOLD_MS))
+    try:
+        with pytest.raises(WarblerError) as err:  # raised at the call, nothing queued
+            writer.submit(MessageDraft(conv, sender.id, "", "text", {}), counter)
+        assert err.value.code is ErrorCode.VALIDATION
+        # No await between the calls: each draft is queued by the call itself.
+        futures = [
+            writer.submit(MessageDraft(conv, sender.id, f"{uid}-{i}", "text", {"i": i}), counter)
+            for i in range(8)  # a full batch: flushed without waiting for the delay
+        ]
+        assert not any(f.done() for f in futures)
+        results = await asyncio.gather(*futures)
+    finally:
+        await writer.stop()
+    assert [r.seq for r in results] == list(range(1, 9))
+    assert [r.body["i"] for r in results] == list(range(8))
+    stored = await messages.page_messages(conv, after_seq=0, limit=100)
+    assert [(m.seq, m.client_msg_id) for m in stored] == [(r.seq, r.client_msg_id) for r in results]
