@@ -36,6 +36,9 @@ pytestmark = [
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
     playwright_api = pytest.importorskip("playwright.async_api")
+    # expect() has its own 5 s default, apart from the page's: on a loaded 2-core machine a
+    # receipt's round trip (read -> entity -> SQL -> pub/sub -> other page) can take longer.
+    playwright_api.expect.set_options(timeout=TIMEOUT_MS)
     async with playwright_api.async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield browser
