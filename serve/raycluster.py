@@ -7,11 +7,9 @@ every Ray node on the machine, including other people's.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +17,7 @@ import time
 from pathlib import Path
 
 from serve.ingress import free_port
-from storage.redis import process_alive
+from storage.redis import process_alive, terminate_process
 
 logger = logging.getLogger(__name__)
 
@@ -89,15 +87,7 @@ def stop_head(pid: int) -> None:
     its children die under it and the head wait out its drain timeout."""
     if not process_alive(pid):
         return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + _STOP_TIMEOUT_S
-    while time.monotonic() < deadline and process_alive(pid):
-        time.sleep(0.2)
-    if process_alive(pid):
-        logger.warning("the Ray head (pid %s) ignored SIGTERM; killing its group", pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+    terminate_process(pid, _STOP_TIMEOUT_S, what="the Ray head", group=True)
 
 
 def pids_with_arg(fragment: str) -> list[int]:

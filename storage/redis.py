@@ -99,15 +99,7 @@ class EmbeddedRedis:
         pid = self.pid()
         if pid is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while time.monotonic() < deadline and process_alive(pid):
-            time.sleep(0.05)
-        if process_alive(pid):
-            logger.warning("embedded Redis pid %s ignored SIGTERM; killing it", pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        terminate_process(pid, _START_TIMEOUT_S, what="embedded Redis")
         for path in (self.socket_path, self.pidfile):
             path.unlink(missing_ok=True)
 
@@ -191,6 +183,23 @@ def process_alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][:1] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def terminate_process(pid: int, timeout_s: float, *, what: str, group: bool = False) -> None:
+    """SIGTERM ``pid``, wait up to ``timeout_s`` for it to exit, then SIGKILL it (its whole
+    process group with ``group``, for a parent whose children must not outlive it)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process_alive(pid):
+        time.sleep(0.05)
+    if process_alive(pid):
+        logger.warning("%s (pid %s) ignored SIGTERM; killing it", what, pid)
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
 
 
 def resolve_redis_url(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
