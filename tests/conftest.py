@@ -65,6 +65,8 @@ def settings(data_dir: Path, redis_url: str) -> Settings:
         redis_url=redis_url,
         namespace=f"wt{uuid.uuid4().hex[:10]}",
         secret_key="test-secret-key-not-for-production",
+        # The session's hosts stay as started; tests/cluster runs the autoscaler on purpose.
+        host_autoscale=False,
     )
 
 

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     gateway_initial_replicas: int = 2
     max_sockets_per_replica: int = 20_000
     target_sockets_per_replica: int = 5_000
+    # After any change of the replica set (haproxy reloads), sockets that predate it are told to
+    # reconnect one by one over this window: the old haproxy process drops whatever is left at
+    # its hard stop (ingress.HARD_STOP_AFTER_S, 120 s), all at once. 0 turns it off.
+    reload_reconnect_window_s: float = 60.0
 
     # Actor hosts and the directory.
     num_hosts: int = 2
@@ -58,6 +62,11 @@ class Settings(BaseSettings):
     host_cpus: float = 0.0
     idle_passivate_s: float = 300.0
     max_active_entities: int = 200_000
+    # The host-pool autoscaler (actors.autoscale): on, how often it looks, and overrides of its
+    # AutoscalePolicy fields (e.g. {"up_sustain_s": 10}); bounds come from min/max_hosts.
+    host_autoscale: bool = True
+    host_autoscale_interval_s: float = 10.0
+    host_autoscale_policy: dict[str, float] = Field(default_factory=dict)
 
     # Durability.
     # 2048: on PostgreSQL, 13.0k appends/s against 4.1k with 512 at the same load (storage_bench).
