@@ -9,7 +9,9 @@ leaves its node idle, and Ray's autoscaler removes the node after its idle timeo
 
 ``decide`` is pure (loads, memory, policy, now -> decision, memory): unit-tested with no Ray and
 no clock. ``HostAutoscaler`` applies decisions through callables passed in; ``for_cluster``
-wires it to ``actors.cluster``.
+wires it to ``actors.cluster``; ``HostPoolController`` runs that as one detached Ray actor per
+cluster, which ``ensure_controller`` starts from ``warbler up`` and from every gateway replica
+(the RayService path), whichever comes first.
 """
 
 from __future__ import annotations
@@ -19,13 +21,17 @@ import logging
 import math
 import re
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from functools import partial
 from typing import Any, Protocol
 
+import ray
+
 from actors import cluster
+from actors.names import AUTOSCALER_NAME
 from warbler.config import Settings
 from warbler.errors import ErrorCode, WarblerError
 
@@ -372,7 +378,8 @@ async def pool_loads(settings: Settings, *, timeout_s: float = 5.0) -> dict[str,
     the pool); None for a host that does not answer within ``timeout_s``."""
     shard_map = await cluster.current_map(settings)
     if shard_map is None:
-        return {}
+        # Not started yet, or shut down: not "zero hosts", which decide() would grow.
+        raise WarblerError(ErrorCode.UNAVAILABLE, "no shard map: the hosts are not started")
 
     async def read(name: str) -> HostLoad | None:
         try:
@@ -407,3 +414,92 @@ def for_cluster(
         remove_host=remove,
         interval_s=interval_s,
     )
+
+
+# Actions (and the latest hold) a controller keeps for `status()`.
+_HISTORY = 200
+
+
+class HostPoolController:
+    """The host autoscaler of one cluster, as a detached Ray actor (``AUTOSCALER_NAME``).
+
+    It starts its loop in ``__init__`` (an async actor's constructor runs in its event loop), so
+    a restart after a crash (``max_restarts=-1``) resumes scaling with nobody calling in. A
+    move the previous incarnation left half done is finished by ``actors.cluster`` first.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._policy = AutoscalePolicy.from_settings(settings, **settings.host_autoscale_policy)
+        self._scaler = for_cluster(
+            settings, self._policy, interval_s=settings.host_autoscale_interval_s
+        )
+        self._interval_s = settings.host_autoscale_interval_s
+        self._history: deque[dict[str, Any]] = deque(maxlen=_HISTORY)
+        self._steps = 0
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            result = await self._scaler.step()
+            self._steps += 1
+            self._record(result)
+            await asyncio.sleep(self._interval_s)
+
+    def _record(self, result: StepResult) -> None:
+        decision = result.decision
+        entry = {
+            "t": time.time(),
+            "action": decision.action.value,
+            "reason": decision.reason,
+            "added": list(result.added),
+            "removed": list(result.removed),
+            "error": result.error,
+            "utilization": asdict(decision.utilization) if decision.utilization else None,
+        }
+        last = self._history[-1] if self._history else None
+        # Consecutive holds collapse into the newest: the history keeps every action, and what
+        # the controller thinks now.
+        if last is not None and decision.action is Action.HOLD and last["action"] == "hold":
+            self._history[-1] = entry
+        else:
+            self._history.append(entry)
+
+    async def status(self) -> dict[str, Any]:
+        """The policy, how many steps ran, and the recent decisions (newest last)."""
+        return {
+            "running": not self._task.done(),
+            "steps": self._steps,
+            "policy": asdict(self._policy),
+            "history": list(self._history),
+        }
+
+
+def ensure_controller(settings: Settings) -> Any | None:
+    """Start this cluster's autoscaler actor unless it runs (or ``settings.host_autoscale`` is
+    off); returns its handle. Safe to call from many processes at once (``get_if_exists``)."""
+    if not settings.host_autoscale:
+        return None
+    # Validate here, in the caller, so a bad WARBLER_HOST_AUTOSCALE_POLICY fails `warbler up`
+    # with a clear error instead of crash-looping a detached actor.
+    AutoscalePolicy.from_settings(settings, **settings.host_autoscale_policy)
+    options: dict[str, Any] = {
+        "name": AUTOSCALER_NAME,
+        "namespace": settings.namespace,
+        "lifetime": "detached",
+        "get_if_exists": True,
+        "max_restarts": -1,
+        "num_cpus": 0,
+    }
+    if settings.extra_ray_env:
+        options["runtime_env"] = {"env_vars": dict(settings.extra_ray_env)}
+    return ray.remote(HostPoolController).options(**options).remote(settings)
+
+
+def controller_status(settings: Settings, *, timeout_s: float = 10.0) -> dict[str, Any] | None:
+    """The running autoscaler's ``status()``, or None if it does not run (a Ray driver call)."""
+    try:
+        handle = ray.get_actor(AUTOSCALER_NAME, namespace=settings.namespace)
+    except ValueError:
+        return None
+    status: Any = ray.get(handle.status.remote(), timeout=timeout_s)
+    return dict(status)

@@ -33,7 +33,7 @@ from actors.directory import (
     without_pin,
 )
 from actors.directory_store import DirectoryStore
-from actors.names import dedicated_host_name, pool_host_name
+from actors.names import AUTOSCALER_NAME, dedicated_host_name, pool_host_name
 from actors.ray_host import ActorHost
 from storage.keys import Keys
 from storage.redis import connect_redis
@@ -163,6 +163,9 @@ async def current_map(settings: Settings) -> ShardMap | None:
 
 async def shutdown_hosts(settings: Settings) -> None:
     """Passivate every entity (checkpointing it), stop every host, delete the shard map."""
+    # The autoscaler first: it would otherwise see a pool below min_hosts and grow it back.
+    with contextlib.suppress(ValueError):
+        ray.kill(ray.get_actor(AUTOSCALER_NAME, namespace=settings.namespace), no_restart=True)
     async with _directory(settings) as store:
         current, pending = await store.load()
         names: set[str] = set()

@@ -16,6 +16,9 @@ USER = "user"
 # Where CreateGroup / OpenDirect go: the conversation does not exist yet, so it has no key.
 NEW_CONVERSATION_KEY = "conv:new"
 
+# The host-pool autoscaler's actor (one per namespace).
+AUTOSCALER_NAME = "warbler-autoscaler"
+
 _ID_KEY = re.compile(r"^([a-z]+):([1-9][0-9]{0,18})$")
 _DEDICATED_SAFE = re.compile(r"[^a-z0-9]+")
 

@@ -5,7 +5,7 @@ too (its arguments become Settings fields, the rest comes from ``WARBLER_*`` var
 does ``import_path: serve.app:app`` in a Serve config or a KubeRay RayService (``app`` is built on
 first access from the ``WARBLER_*`` variables, never at import). On that path nothing else has
 prepared the cluster, so each replica first migrates the schema and starts (or finds) the actor
-hosts; both are idempotent and safe when replicas race.
+hosts and the host autoscaler; all are idempotent and safe when replicas race.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from ray import serve
 from ray.serve import Application
 
 from actors import start_hosts
+from actors.autoscale import ensure_controller
 from serve.api import create_api
 from serve.context import GatewayContext
 from storage import Database
@@ -57,13 +58,15 @@ class Gateway:
 
 
 async def _prepare_cluster(settings: Settings) -> None:
-    """Schema at head and the actor hosts running: a no-op after `warbler up` did both."""
+    """Schema at head, the actor hosts and their autoscaler running: a no-op after `warbler up`
+    did all three."""
     db = Database.from_settings(settings)
     try:
         await db.migrate()
     finally:
         await db.close()
     await start_hosts(settings)
+    ensure_controller(settings)
 
 
 def deployment_options(settings: Settings) -> dict[str, Any]:

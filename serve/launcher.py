@@ -205,7 +205,7 @@ def up(
         elif embedded is not None:
             embedded.stop()
         raise
-    _print_urls(http_url, address, data_dir, detach)
+    _print_urls(http_url, address, data_dir, detach, settings)
     if detach:
         import ray
 
@@ -221,15 +221,19 @@ def _deploy(settings: Settings, address: str) -> None:
     from ray import serve
 
     from actors import start_hosts
+    from actors.autoscale import ensure_controller
     from serve.app import build_app
 
     ray.init(address=address, namespace=settings.namespace, log_to_driver=False)
     asyncio.run(start_hosts(settings))
+    ensure_controller(settings)
     serve.start(http_options=http_options(settings))
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
 
 
-def _print_urls(http_url: str, address: str, data_dir: Path, detach: bool) -> None:
+def _print_urls(
+    http_url: str, address: str, data_dir: Path, detach: bool, settings: Settings
+) -> None:
     typer.echo("")
     typer.echo("Warbler is up.")
     typer.echo(f"  web chat:   {http_url}/")
@@ -238,6 +242,11 @@ def _print_urls(http_url: str, address: str, data_dir: Path, detach: bool) -> No
     typer.echo(f"  WebSocket:  {http_url.replace('http', 'ws', 1)}/v1/ws")
     typer.echo(f"  Ray:        {address}")
     typer.echo(f"  data:       {data_dir}")
+    if settings.host_autoscale:
+        typer.echo(f"  hosts:      {settings.num_hosts}, autoscaled {settings.min_hosts}-"
+                   f"{settings.max_hosts} (WARBLER_HOST_AUTOSCALE=false: fixed)")
+    else:
+        typer.echo(f"  hosts:      {settings.num_hosts}, fixed")
     typer.echo("Stop it with `warbler down`." if detach else "Press Ctrl-C to stop.")
 
 

@@ -400,3 +400,59 @@ async def test_controller_adds_and_removes_real_hosts(pool_settings: Settings) -
     shard_map = await cluster.current_map(pool_settings)
     assert shard_map is not None and len(shard_map.hosts) == 1
     assert set(shard_map.shards) == set(shard_map.hosts)
+
+
+@pytest.mark.ray
+async def test_controller_actor_scales_the_pool_and_stops_with_the_hosts(
+    pool_settings: Settings,
+) -> None:
+    import ray
+
+    from actors.autoscale import controller_status, ensure_controller
+    from actors.names import AUTOSCALER_NAME
+
+    # What `warbler up` and every gateway replica do; min_hosts 2 over a one-host pool.
+    own = pool_settings.model_copy(
+        update={"host_autoscale": True, "min_hosts": 2, "host_autoscale_interval_s": 0.2}
+    )
+    handle = ensure_controller(own)
+    assert handle is not None
+    # A second caller (another replica) finds the same actor instead of starting a rival.
+    again = ensure_controller(own)
+    assert again is not None and again._actor_id == handle._actor_id
+
+    shard_map = None
+    for _ in range(600):  # bounded wait for the actor's loop, not a timing assertion
+        shard_map = await cluster.current_map(own)
+        if shard_map is not None and len(shard_map.hosts) == 2:
+            break
+        await asyncio.sleep(0.1)
+    assert shard_map is not None and sorted(shard_map.hosts) == ["host-0", "host-1"]
+    status = await asyncio.to_thread(controller_status, own)
+    assert status is not None and status["running"] and status["policy"]["min_hosts"] == 2
+    ups = [entry for entry in status["history"] if entry["action"] == "up"]
+    assert ups and ups[0]["added"] == ["host-1"] and ups[0]["error"] is None
+
+    # shutdown_hosts stops the controller first, so it cannot grow the pool back.
+    await cluster.shutdown_hosts(own)
+    with pytest.raises(ValueError):
+        ray.get_actor(AUTOSCALER_NAME, namespace=own.namespace)
+    assert await asyncio.to_thread(controller_status, own) is None
+
+
+def test_controller_refuses_a_bad_policy_before_starting(settings: Settings) -> None:
+    from actors.autoscale import ensure_controller
+
+    bad = settings.model_copy(
+        update={"host_autoscale": True, "host_autoscale_policy": {"scale_down_below": 2.0}}
+    )
+    # It validates before it touches Ray: this test has no cluster.
+    with pytest.raises(WarblerError) as info:
+        ensure_controller(bad)
+    assert info.value.code is ErrorCode.CONFIG
+
+
+def test_controller_is_off_when_disabled(settings: Settings) -> None:
+    from actors.autoscale import ensure_controller
+
+    assert ensure_controller(settings.model_copy(update={"host_autoscale": False})) is None
