@@ -10,6 +10,7 @@ Examples::
     python -m loadtest.bench direct --host http://127.0.0.1:8000
     python -m loadtest.bench group --members 100,1000
     python -m loadtest.bench all --baseline-only
+    python -m loadtest.bench scale --rate 500 --surge 1000
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from urllib.parse import urlsplit
 from loadtest.generator import raise_fd_limit
 from loadtest.report import Figures, ScenarioResult, json_line, render_table
 from loadtest.scenarios import SCENARIOS, BenchOptions, Scenario
+from loadtest.scenarios.scale import EVENT_AT_S, ScaleOptions
 from loadtest.servers import Target, relay_target, warbler_cluster, warbler_target_at
 from warbler.errors import ErrorCode, WarblerError
 
@@ -61,6 +63,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sockets", type=int, default=20_000, help="connections: sockets to open")
     p.add_argument("--missed", type=int, default=10_000, help="sync: messages missed")
     p.add_argument("--body-bytes", type=int, default=64, help="message body size")
+    p.add_argument("--scale-pairs", type=int, default=50, help="scale: sender/receiver pairs")
+    p.add_argument("--rate", type=float, default=500.0,
+                   help="scale: open-loop msgs/s over all pairs")
+    p.add_argument("--step", type=float, default=15.0,
+                   help="scale: seconds of load per step (one scaling event each)")
+    p.add_argument("--surge", type=int, default=1000,
+                   help="scale: sockets opened at once while a replica is added")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="py-spy the hosts and gateway replicas during throughput phases; "
                    "raw stacks go to DIR, a summary to the report")
@@ -69,7 +78,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def options_from(args: argparse.Namespace) -> BenchOptions:
+def options_from(args: argparse.Namespace) -> ScaleOptions:
     """BenchOptions from the parsed command line (bad values are refused)."""
     try:
         members = [int(m) for m in str(args.members).split(",") if m.strip()]
@@ -83,15 +92,20 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
             ("--window", args.window, 1), ("--group-window", args.group_window, 1),
             ("--sockets", args.sockets, 1),
             ("--missed", args.missed, 1), ("--body-bytes", args.body_bytes, 20),
+            ("--scale-pairs", args.scale_pairs, 1), ("--surge", args.surge, 1),
         ) if value < low
     ]
     if args.duration <= 0:
         bad.append("--duration")
+    if args.rate <= 0:
+        bad.append("--rate")
+    if args.step <= EVENT_AT_S + 1:
+        bad.append(f"--step (> {EVENT_AT_S + 1:g})")
     if not members or min(members) < 2 or max(members) > 1000:
         bad.append("--members (each 2-1000)")
     if bad:
         raise WarblerError(ErrorCode.VALIDATION, f"out of range: {', '.join(bad)}")
-    return BenchOptions(
+    return ScaleOptions(
         workers=args.workers,
         duration_s=args.duration,
         pairs=args.pairs,
@@ -102,12 +116,26 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         missed=args.missed,
         body_bytes=args.body_bytes,
         profile_dir=args.profile,
+        scale_pairs=args.scale_pairs,
+        scale_rate=args.rate,
+        step_s=args.step,
+        surge=args.surge,
     )
 
 
+def scenario_names(args: argparse.Namespace) -> list[str]:
+    """The scenarios to run: the one named, or every one `all` includes."""
+    if args.scenario == "all":
+        return [name for name, scenario in SCENARIOS.items() if scenario.in_all]
+    return [args.scenario]
+
+
 def cluster_env(args: argparse.Namespace) -> dict[str, str]:
-    """The --cluster-env pairs (checked before anything starts)."""
+    """The environment of a cluster the bench starts: what the chosen scenarios need, then
+    the --cluster-env pairs (checked before anything starts)."""
     extra: dict[str, str] = {}
+    for name in scenario_names(args):
+        extra.update(SCENARIOS[name].cluster_env)
     for item in args.cluster_env:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -124,7 +152,11 @@ def warbler(args: argparse.Namespace) -> Iterator[Target]:
         if host not in LOOPBACK:
             raise WarblerError(ErrorCode.VALIDATION, "--host must be on 127.0.0.1 (loopback)")
         cache = args.token_cache or args.data_dir / "bench-accounts.json"
-        yield warbler_target_at(args.host, cache)
+        target = warbler_target_at(args.host, cache)
+        # The data dir `warbler up` ran with, if it is this cluster's (the scale scenario
+        # joins the cluster's Ray through its state file).
+        target.data_dir = args.data_dir.resolve()
+        yield target
         return
     with warbler_cluster(args.data_dir.resolve(), cluster_env(args)) as target:
         yield target
@@ -145,7 +177,7 @@ def run(args: argparse.Namespace) -> list[ScenarioResult]:
     """Run the chosen scenarios; print each table and JSON line as it completes."""
     options = options_from(args)
     cluster_env(args)  # refuse a bad --cluster-env before minutes of baseline runs
-    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    names = scenario_names(args)
     results: list[ScenarioResult] = []
     baselines: dict[str, tuple[Figures | None, list[str]]] = {}
     if not args.no_baseline:

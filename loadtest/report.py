@@ -87,6 +87,9 @@ class ScenarioResult:
     limits: list[str] = field(default_factory=list)
     ratio_of: str = "delivered_per_s"
     params: dict[str, Any] = field(default_factory=dict)
+    # Preformatted lines printed under the table (the scale scenario's timeline); the JSON
+    # carries the same data in the figures.
+    sections: list[str] = field(default_factory=list)
 
     @property
     def ratio(self) -> float | None:
@@ -161,6 +164,7 @@ def render_table(result: ScenarioResult) -> str:
     for side, figures in (("warbler", result.warbler), ("baseline", result.baseline)):
         for line in (figures.extra.get("profile") or []) if figures is not None else []:
             lines.append(f"profile ({side}): {line}")
+    lines.extend(result.sections)
     return "\n".join(lines)
 
 

@@ -48,6 +48,9 @@ class Target:
     # The server's processes by role ("host", "gateway replica"): what a fault kills and
     # what py-spy profiles.
     role_pids: dict[str, Callable[[], list[int]]] = field(default_factory=dict)
+    # The data dir of a Warbler cluster `warbler up` started: its state file is how a driver
+    # joins the cluster's Ray (the scale scenario's events). None for the relay.
+    data_dir: Path | None = None
 
     @property
     def ws_url(self) -> str:
@@ -178,6 +181,7 @@ def warbler_cluster(
         ) from exc
     try:
         target = warbler_target_at(f"http://127.0.0.1:{port}", data_dir / "bench-accounts.json")
+        target.data_dir = data_dir
         redis_pid = _embedded_redis_pid(data_dir)
         if redis_pid is not None:
             node = target.server_pids

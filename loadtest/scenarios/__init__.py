@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from loadtest.report import Figures, ScenarioResult
-from loadtest.scenarios import connections, direct, group, recovery, sync
+from loadtest.scenarios import connections, direct, group, recovery, scale, sync
 from loadtest.scenarios.common import BenchOptions
 from loadtest.servers import Target
 
@@ -22,15 +22,20 @@ class Scenario:
     result: Result
     # False when the relay cannot do it (it has nothing to recover).
     baseline: bool = True
+    # False: only run when named (`all` skips it: it needs a cluster shaped for it).
+    in_all: bool = True
+    # Environment a cluster the bench starts for this scenario needs (--cluster-env wins).
+    cluster_env: dict[str, str] = field(default_factory=dict)
 
 
-# In the order `all` runs them.
+# In the order `all` runs them (those with in_all).
 SCENARIOS: dict[str, Scenario] = {
     "direct": Scenario(direct.measure, direct.result),
     "group": Scenario(group.measure, group.result),
     "connections": Scenario(connections.measure, connections.result),
     "sync": Scenario(sync.measure, sync.result),
     "recovery": Scenario(recovery.measure, recovery.result, baseline=False),
+    "scale": Scenario(scale.measure, scale.result, in_all=False, cluster_env=scale.CLUSTER_ENV),
 }
 
 __all__ = ["SCENARIOS", "BenchOptions", "Scenario"]
