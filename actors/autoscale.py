@@ -440,15 +440,17 @@ class HostPoolController:
 
     async def _run(self) -> None:
         while True:
+            began = time.time()
             result = await self._scaler.step()
             self._steps += 1
-            self._record(result)
+            self._record(result, began)
             await asyncio.sleep(self._interval_s)
 
-    def _record(self, result: StepResult) -> None:
+    def _record(self, result: StepResult, began: float) -> None:
         decision = result.decision
         entry = {
-            "t": time.time(),
+            "t": began,  # when it read the loads and decided
+            "took_s": round(time.time() - began, 3),  # the action: node launch, shard move
             "action": decision.action.value,
             "reason": decision.reason,
             "added": list(result.added),
@@ -489,6 +491,9 @@ def ensure_controller(settings: Settings) -> Any | None:
         "get_if_exists": True,
         "max_restarts": -1,
         "num_cpus": 0,
+        # On the head, which never scales down: on a host node it would keep that node from
+        # ever being idle (Serve's controller is placed the same way).
+        "resources": {"node:__internal_head__": 0.001},
     }
     if settings.extra_ray_env:
         options["runtime_env"] = {"env_vars": dict(settings.extra_ray_env)}

@@ -14,6 +14,8 @@ import time
 import uuid
 from typing import Any
 
+import ray
+
 from actors.context import EntityContext
 from actors.conversation import ConversationEntity, ConversationState
 from actors.directory import ShardMap
@@ -89,12 +91,14 @@ class ActorHost:
         return await core.adopt(ShardMap.from_json(committed_json))
 
     async def ping(self) -> dict[str, Any]:
-        """Ready check once the host has started: name, pid, epoch, and when (wall clock) the
+        """Ready check once the host has started: name, pid, node, epoch, and when (wall clock) the
         process started, ``__init__`` ran and the host became ready (restart timing)."""
         core = await self._ready()
         return {
             "name": self._name,
             "pid": os.getpid(),
+            # Which Ray node it runs on (multi-node tests: did the new node get the host?).
+            "node_id": ray.get_runtime_context().get_node_id(),
             "epoch": core.ownership.epoch,
             "process_started_at": _process_started_at(),
             "init_at": self._init_at,
