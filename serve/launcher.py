@@ -316,7 +316,55 @@ def _undeploy(settings: Settings, state: UpState) -> None:
         ray.shutdown()
 
 
+def autoscaler(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw status.")] = False,
+) -> None:
+    """Show the host pool and what its autoscaler decided recently."""
+    settings = Settings()
+    state = UpState.load(settings.data_dir.resolve())
+    if state is None or not state.running():
+        typer.echo(f"Warbler is not running from {settings.data_dir.resolve()}")
+        raise typer.Exit(1)
+    _ray_auth_env(Path(state.ray_token_path) if state.ray_token_path else None)
+    settings = settings.model_copy(
+        update={"namespace": state.namespace, "redis_url": state.redis_url}
+    )
+
+    import ray
+
+    from actors import cluster
+    from actors.autoscale import controller_status
+
+    ray.init(address=state.ray_address, namespace=state.namespace, log_to_driver=False)
+    try:
+        status = controller_status(settings)
+        shard_map = asyncio.run(cluster.current_map(settings))
+    finally:
+        ray.shutdown()
+    hosts = list(shard_map.hosts) if shard_map else []
+    if as_json:
+        typer.echo(json.dumps({"hosts": hosts, "autoscaler": status}))
+        return
+    typer.echo(f"hosts: {', '.join(hosts) or 'none'}")
+    if status is None:
+        typer.echo("autoscaler: not running (WARBLER_HOST_AUTOSCALE=false?)")
+        return
+    policy = status["policy"]
+    typer.echo(
+        f"autoscaler: {'running' if status['running'] else 'STOPPED'}, "
+        f"{policy['min_hosts']}-{policy['max_hosts']} hosts, {status['steps']} steps"
+    )
+    for entry in status["history"]:
+        when = time.strftime("%H:%M:%S", time.localtime(entry["t"]))
+        change = " ".join(f"+{h}" for h in entry["added"]) + " ".join(
+            f"-{h}" for h in entry["removed"]
+        )
+        error = f"  error: {entry['error']}" if entry["error"] else ""
+        typer.echo(f"  {when}  {entry['action']:<4}  {change:<12}  {entry['reason']}{error}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add `up` and `down` to the `warbler` command."""
+    """Add `up`, `down` and `autoscaler` to the `warbler` command."""
     app.command("up")(up)
     app.command("down")(down)
+    app.command("autoscaler")(autoscaler)

@@ -51,6 +51,16 @@ def test_up_detach_then_down(tmp_path: Path) -> None:
         )
         assert r.status_code == 201, r.text
         assert pids_with_arg(state["haproxy_dir"]), "HAProxy fronts the gateway"
+        # `up` started the host autoscaler; `warbler autoscaler` reports it and the pool.
+        shown = subprocess.run(
+            [WARBLER, "autoscaler", "--json"], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert shown.returncode == 0, shown.stdout[-3000:] + shown.stderr[-3000:]
+        report = json.loads(shown.stdout.strip().splitlines()[-1])
+        assert report["hosts"] == ["host-0", "host-1"]
+        assert report["autoscaler"]["running"] is True
+        assert report["autoscaler"]["policy"]["max_hosts"] == 8
+        assert "autoscaled 1-8" in up.stdout
     finally:
         down = subprocess.run(
             [WARBLER, "down"], env=env, capture_output=True, text=True, timeout=300
