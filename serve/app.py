@@ -86,8 +86,8 @@ def deployment_options(settings: Settings) -> dict[str, Any]:
             "target_ongoing_requests": settings.target_sockets_per_replica,
             # Sockets are sticky: scaling in drops sockets (they reconnect elsewhere), so
             # scale out quickly and in slowly.
-            "upscale_delay_s": 30.0,
-            "downscale_delay_s": 600.0,
+            "upscale_delay_s": settings.gateway_upscale_delay_s,
+            "downscale_delay_s": settings.gateway_downscale_delay_s,
         },
         "ray_actor_options": {"num_cpus": REPLICA_CPUS},
         "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_TIMEOUT_S,

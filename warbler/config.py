@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     gateway_initial_replicas: int = 2
     max_sockets_per_replica: int = 20_000
     target_sockets_per_replica: int = 5_000
+    # Sockets are sticky and scaling in moves them: scale out quickly and in slowly.
+    gateway_upscale_delay_s: float = 30.0
+    gateway_downscale_delay_s: float = 600.0
     # After any change of the replica set (haproxy reloads), sockets that predate it are told to
     # reconnect one by one over this window: the old haproxy process drops whatever is left at
     # its hard stop (ingress.HARD_STOP_AFTER_S, 120 s), all at once. 0 turns it off.
