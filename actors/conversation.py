@@ -613,8 +613,13 @@ async def create_conversation(ctx: EntityContext, message: object) -> Redirect:
         if earlier is not None:  # a retry of a creation that was logged
             return Redirect(conv_key(earlier.conversation_id), message)
         title = _check_title(message.title)
+        # Keyed by the command: if we crash after this insert and before the creation is
+        # logged, the retry finds this group instead of inserting an orphan twin.
         conversation = await ctx.conversations.create_group(
-            title, message.creator_id, message.member_ids
+            title,
+            message.creator_id,
+            message.member_ids,
+            creation_key=f"{message.creator_id}:{message.op_id}",
         )
         return Redirect(conv_key(conversation.id), message)
     if isinstance(message, OpenDirect):

@@ -11,7 +11,15 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage.db import Database
-from storage.models import ROLES, TITLE_MAX, Conversation, Membership, Message, User
+from storage.models import (
+    CREATION_KEY_MAX,
+    ROLES,
+    TITLE_MAX,
+    Conversation,
+    Membership,
+    Message,
+    User,
+)
 from warbler.errors import ErrorCode, WarblerError
 
 
@@ -74,25 +82,56 @@ class ConversationStore:
         self._db = db
 
     async def create_group(
-        self, title: str, creator_id: int, member_ids: Iterable[int]
+        self,
+        title: str,
+        creator_id: int,
+        member_ids: Iterable[int],
+        *,
+        creation_key: str | None = None,
     ) -> Conversation:
-        """A new group with the creator as owner and ``member_ids`` as members."""
+        """A new group with the creator as owner and ``member_ids`` as members.
+
+        With a ``creation_key`` (the creating command's identity), a second call with the same
+        key returns the group the first one inserted, members and all, instead of a new one.
+        """
         _check_title(title)
+        if creation_key is not None and not 0 < len(creation_key) <= CREATION_KEY_MAX:
+            raise WarblerError(ErrorCode.VALIDATION, f"creation key of 1-{CREATION_KEY_MAX}")
         members = [m for m in dict.fromkeys(member_ids) if m != creator_id]
+        if creation_key is not None:
+            existing = await self._get_created(creation_key)
+            if existing is not None:
+                return existing
+        try:
+            async with self._db.session() as session:
+                await _require_users(session, [creator_id, *members])
+                conversation = Conversation(
+                    kind="group", title=title, created_by=creator_id, creation_key=creation_key
+                )
+                session.add(conversation)
+                await session.flush()
+                session.add(
+                    Membership(conversation_id=conversation.id, user_id=creator_id, role="owner")
+                )
+                session.add_all(
+                    Membership(conversation_id=conversation.id, user_id=m, role="member")
+                    for m in members
+                )
+                await session.commit()
+                return conversation
+        except IntegrityError:
+            # Two retries raced: the loser reads the winner's group (same members).
+            existing = await self._get_created(creation_key) if creation_key else None
+            if existing is None:
+                raise
+            return existing
+
+    async def _get_created(self, creation_key: str) -> Conversation | None:
         async with self._db.session() as session:
-            await _require_users(session, [creator_id, *members])
-            conversation = Conversation(kind="group", title=title, created_by=creator_id)
-            session.add(conversation)
-            await session.flush()
-            session.add(
-                Membership(conversation_id=conversation.id, user_id=creator_id, role="owner")
+            result = await session.exec(
+                select(Conversation).where(col(Conversation.creation_key) == creation_key)
             )
-            session.add_all(
-                Membership(conversation_id=conversation.id, user_id=m, role="member")
-                for m in members
-            )
-            await session.commit()
-            return conversation
+            return result.first()
 
     async def get_or_create_direct(self, user_a: int, user_b: int) -> Conversation:
         """The one direct conversation between two users, created on first use (race-free:

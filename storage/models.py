@@ -31,6 +31,8 @@ USERNAME_MAX = 64
 DISPLAY_NAME_MAX = 128
 TITLE_MAX = 200
 CLIENT_MSG_ID_MAX = 64
+# "<creator id>:<op id>": 20 digits, a colon, an op id of at most CLIENT_MSG_ID_MAX.
+CREATION_KEY_MAX = 100
 KIND_MAX = 16
 ENTITY_KEY_MAX = 191  # 191 * 4 bytes (utf8mb4) fits MySQL's 767-byte index prefix limit
 
@@ -82,11 +84,17 @@ class Conversation(SQLModel, table=True):
     """A direct (two users) or group conversation.
 
     ``direct_key`` is ``"<min user id>:<max user id>"`` for a direct conversation and NULL for a
-    group; its unique constraint makes creating a direct pair race-free.
+    group; its unique constraint makes creating a direct pair race-free. ``creation_key`` is
+    ``"<creator id>:<op id>"`` for a group and NULL for a direct conversation: a retried
+    creation command finds the group it inserted (migration 0002).
     """
 
     __tablename__: ClassVar[str] = "conversations"
-    __table_args__ = (UniqueConstraint("direct_key", name="uq_conversations_direct_key"), _MYSQL)
+    __table_args__ = (
+        UniqueConstraint("direct_key", name="uq_conversations_direct_key"),
+        Index("uq_conversations_creation_key", "creation_key", unique=True),
+        _MYSQL,
+    )
 
     id: int = Field(default=None, sa_column=_id_column())
     kind: str = Field(sa_column=Column(String(KIND_MAX), nullable=False))
@@ -97,6 +105,9 @@ class Conversation(SQLModel, table=True):
     )
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts_column())
     direct_key: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    creation_key: str | None = Field(
+        default=None, sa_column=Column(String(CREATION_KEY_MAX), nullable=True)
+    )
 
 
 class Membership(SQLModel, table=True):

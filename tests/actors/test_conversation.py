@@ -242,6 +242,25 @@ async def test_membership_commands_are_idempotent_by_op_id(
     assert (await ask(entity, create)).duplicate
 
 
+async def test_a_creation_retried_after_a_crash_before_its_log_makes_no_orphan(
+    ctx: EntityContext, make_user: MakeUser
+) -> None:
+    owner, ann = await make_user("o"), await make_user("a")
+    create = CreateGroup(owner.id, "crashy", (ann.id,))
+    # The factory inserted the group, then the host died before the entity logged it.
+    first = await create_conversation(ctx, create)
+    # The caller retries the same command: same group, and now its creation is logged.
+    retry = await create_conversation(ctx, create)
+    assert retry.key == first.key
+    entity = await ConversationEntity.restore(retry.key, ctx, None)
+    event = await ask(entity, retry.message)
+    assert event.seq == 1 and event.body["op"] == "created" and not event.duplicate
+    # ann (new for this test) is in that one group only: no orphan twin.
+    assert await ctx.conversations.list_user_conversation_ids(ann.id) == [
+        int(first.key.split(":")[1])
+    ]
+
+
 def _fields(event: MessageEvent) -> dict[str, Any]:
     return {f: getattr(event, f) for f in MessageEvent.__dataclass_fields__}
 

@@ -43,6 +43,34 @@ async def test_create_group_makes_creator_owner(
     assert await conversations.get_conversation(-1) is None
 
 
+async def test_create_group_with_a_creation_key_is_created_once(
+    conversations: ConversationStore, make_user: MakeUser, uid: str
+) -> None:
+    owner, a, b = await make_user("owner"), await make_user("a"), await make_user("b")
+    key = f"{owner.id}:{uid}"
+    first = await conversations.create_group("Team", owner.id, [a.id], creation_key=key)
+    # A retry of the same command (even with other arguments) finds the first group.
+    again = await conversations.create_group("Other", owner.id, [b.id], creation_key=key)
+    assert again.id == first.id and again.title == "Team"
+    members = await conversations.list_members(first.id)
+    assert {m.user_id for m in members} == {owner.id, a.id}
+    # Racing retries: one insert wins, the others read it.
+    raced = await asyncio.gather(
+        *(
+            conversations.create_group("R", owner.id, [a.id], creation_key=f"{key}-race")
+            for _ in range(4)
+        )
+    )
+    assert len({c.id for c in raced}) == 1
+    # Another command, or none, makes another group.
+    other = await conversations.create_group("Team", owner.id, [a.id], creation_key=f"{key}-2")
+    keyless = await conversations.create_group("Team", owner.id, [a.id])
+    assert len({first.id, other.id, keyless.id}) == 3
+    with pytest.raises(WarblerError) as err:
+        await conversations.create_group("x", owner.id, [], creation_key="k" * 101)
+    assert err.value.code is ErrorCode.VALIDATION
+
+
 async def test_create_group_with_unknown_user_changes_nothing(
     conversations: ConversationStore, make_user: MakeUser
 ) -> None:
