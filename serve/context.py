@@ -18,6 +18,7 @@ from serve.batching import CallCoalescer
 from serve.delivery.hub import DeliveryHub
 from serve.handlers.accounts import AccountsHandler
 from serve.handlers.chat import ChatHandler
+from serve.reload import FLUSH_S, ReloadCoordinator, serve_drain_probe
 from serve.tokens import TokenSigner
 from storage import (
     ConversationStore,
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 # Sockets renew their presence this often (the session entity's TTL is three times longer).
 PRESENCE_RENEW_S = PRESENCE_TTL_S / 3
 # On shutdown, time for the `reconnect` frames to leave before the sockets close.
-DRAIN_FLUSH_S = 0.5
+DRAIN_FLUSH_S = FLUSH_S
 
 
 def replica_name() -> str:
@@ -64,6 +65,7 @@ class GatewayContext:
     hub: DeliveryHub
     accounts: AccountsHandler
     chat: ChatHandler
+    reload: ReloadCoordinator
     started_at: float = field(default_factory=time.time)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -97,9 +99,21 @@ class GatewayContext:
         )
         await hub.start()
         signer = TokenSigner(settings.resolved_secret_key(), settings.access_token_ttl_s)
+        replica_id = replica_id or replica_name()
+        # Only haproxy drops older sockets on a reload; Serve's Python proxy keeps them.
+        reload = ReloadCoordinator(
+            bus,
+            keys,
+            replica_id,
+            lambda: hub.connections,
+            window_s=settings.reload_reconnect_window_s,
+            announce=settings.use_haproxy,
+            rebalance=settings.use_haproxy,
+            drain_probe=serve_drain_probe(),
+        )
         ctx = cls(
             settings=settings,
-            replica_id=replica_id or replica_name(),
+            replica_id=replica_id,
             db=db,
             redis=redis,
             runtime=runtime,
@@ -107,15 +121,23 @@ class GatewayContext:
             hub=hub,
             accounts=AccountsHandler(UserStore(db), signer, settings.refresh_token_ttl_s),
             chat=chat,
+            reload=reload,
         )
         ctx._tasks.append(asyncio.get_running_loop().create_task(ctx._renew_presence()))
+        await reload.start()
         logger.info("gateway replica %s ready", ctx.replica_id)
         return ctx
 
     async def close(self) -> None:
-        """Tell every socket to reconnect elsewhere, then close the runtime and connections."""
-        conns = self.hub.connections
+        """Tell every socket still here to reconnect elsewhere, then close the runtime and
+        connections. (A drain Serve announced has spread most sockets out already: see
+        serve/reload.py; this is the fallback when no drain was seen.)"""
+        await self.reload.close()
+        conns = [c for c in self.hub.connections if not c.closed]
         if conns:
+            logger.info(
+                "replica %s closing: %d sockets told to reconnect", self.replica_id, len(conns)
+            )
             frame = dump_frame(ReconnectFrame(reason="draining"))
             for conn in conns:
                 conn.send(frame)

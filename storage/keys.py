@@ -66,3 +66,8 @@ class Keys:
     def replica_channel(self, replica_id: str) -> str:
         """Direct messages to one gateway replica."""
         return f"{self._p}ch:replica:{replica_id}"
+
+    def gateways_channel(self) -> str:
+        """Changes of the gateway replica set (a replica ready, a replica draining): every
+        replica of every gateway app in the namespace listens (one haproxy serves them all)."""
+        return f"{self._p}ch:gateways"

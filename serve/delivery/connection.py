@@ -43,6 +43,8 @@ class Connection:
         max_queue: int,
     ) -> None:
         self.id = next(_ids)
+        # When the socket was opened (a haproxy reload concerns the sockets opened before it).
+        self.opened_at = time.monotonic()
         self.user_id = user_id
         self.device_id = device_id
         self.delivered: dict[int, int] = {}
