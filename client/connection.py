@@ -47,6 +47,11 @@ _FATAL_CLOSE = {
 }
 
 
+# In the `disconnected` reason when the server asked for the reconnect (a `reconnect` frame):
+# "close 1000 reconnecting (reconnect requested: <the frame's reason>)".
+RECONNECT_REQUESTED = "reconnect requested"
+
+
 class ResyncNeeded(Exception):
     """Raised by a frame handler to drop the socket and resume from the cursors on a new one."""
 
@@ -112,6 +117,8 @@ class Connection:
         self.fatal: WarblerError | None = None
         # Counts sockets that reached hello_ok: tests and UIs use it to see reconnects.
         self.opens = 0
+        # The reason of the `reconnect` frame that ended the current socket, if one did.
+        self._announced: str | None = None
 
     @property
     def is_open(self) -> bool:
@@ -199,6 +206,7 @@ class Connection:
         delay: float | None = None
         code: int | None = None
         was_open = False
+        self._announced = None
         try:
             token = await self._rest.access_token()
             async with connect(
@@ -225,6 +233,9 @@ class Connection:
                 delay = await self._read(ws)
             code = ws.close_code
             reason = f"close {code} {ws.close_reason or ''}".strip()
+            if self._announced is not None:
+                # The server said why (e.g. "draining", "rebalance"): not a failure.
+                reason = f"{reason} ({RECONNECT_REQUESTED}: {self._announced})"
         except ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd is not None else None
             reason = f"closed: {exc}"
@@ -296,6 +307,7 @@ class Connection:
                 # Spread the reconnects of every client of a draining replica over the window
                 # it grants, then leave at once: the cursors make the new socket resume.
                 logger.info("server asked to reconnect (%s)", frame.reason)
+                self._announced = frame.reason
                 await ws.close(code=CloseCode.NORMAL, reason="reconnecting")
                 return random.uniform(0.0, frame.retry_after_ms / 1000.0)
             await self._hooks.on_frame(frame)
