@@ -56,6 +56,8 @@ logger = logging.getLogger(__name__)
 MAX_QUEUED_FRAMES = 20_000
 # Requests one socket may have in flight at once.
 MAX_IN_FLIGHT = 1_000
+# Socket cleanups in progress (a reference, so a cleanup outliving its request is not collected).
+_CLEANUPS: set[asyncio.Task[None]] = set()
 
 
 def _bearer(header: str | None) -> str | None:
@@ -81,8 +83,7 @@ class SocketSession:
         """Serve the socket until the client or the server closes it."""
         ws = self._ws
         await ws.accept()
-        token = _bearer(ws.headers.get("authorization")) or ws.query_params.get(WS_TOKEN_QUERY)
-        hello = await self._handshake(token)
+        hello = await self._handshake()
         if hello is None:
             return
         frame, user_id = hello
@@ -111,20 +112,32 @@ class SocketSession:
             self._spawn(self._came_online(conn))
             await self._read_loop(conn)
         finally:
-            for task in self._tasks:
-                task.cancel()
-            closer.cancel()
-            conn.stop()
-            writer.cancel()
-            # Read before detaching: the hub forgets a user whose last local socket left.
-            directs = self._direct_conversations(conn.user_id)
-            await self._ctx.hub.detach(conn)
-            await asyncio.gather(writer, closer, *self._tasks, return_exceptions=True)
-            await self._went_offline(conn, directs)
+            # Serve cancels this request's task when it sees the client leave, which can land
+            # while the cleanup below awaits: a cancelled cleanup skipped DisconnectDevice and
+            # left the device in its session (measured: every surge socket, closed normally,
+            # stayed registered). So the cleanup runs as a task of its own.
+            cleanup = asyncio.get_running_loop().create_task(self._cleanup(conn, writer, closer))
+            _CLEANUPS.add(cleanup)
+            cleanup.add_done_callback(_CLEANUPS.discard)
+            await asyncio.shield(cleanup)
+
+    async def _cleanup(
+        self, conn: Connection, writer: asyncio.Task[None], closer: asyncio.Task[None]
+    ) -> None:
+        for task in self._tasks:
+            task.cancel()
+        closer.cancel()
+        conn.stop()
+        writer.cancel()
+        # Read before detaching: the hub forgets a user whose last local socket left.
+        directs = self._direct_conversations(conn.user_id)
+        await self._ctx.hub.detach(conn)
+        await asyncio.gather(writer, closer, *self._tasks, return_exceptions=True)
+        await self._went_offline(conn, directs)
 
     # -- handshake ----------------------------------------------------------------------------
 
-    async def _handshake(self, token: str | None) -> tuple[HelloFrame, int] | None:
+    async def _handshake(self) -> tuple[HelloFrame, int] | None:
         try:
             text = await asyncio.wait_for(self._receive_text(), HELLO_TIMEOUT_S)
         except TimeoutError:
@@ -151,8 +164,13 @@ class SocketSession:
             )
             await self._fail(unsupported, frame.id, CloseCode.UNSUPPORTED_PROTOCOL)
             return None
+        # The header and the query string are only looked at when the hello has no token
+        # (parsing the query string was a visible share of a hello's CPU in a surge).
+        token = frame.token or _bearer(self._ws.headers.get("authorization"))
+        if token is None:
+            token = self._ws.query_params.get(WS_TOKEN_QUERY)
         try:
-            claims = self._ctx.accounts.authenticate(frame.token or token)
+            claims = self._ctx.accounts.authenticate(token)
         except WarblerError as exc:
             await self._fail(exc, frame.id, CloseCode.UNAUTHENTICATED)
             return None

@@ -80,6 +80,11 @@ class DeliveryHub:
         self._subscriber: Subscriber | None = None
         self._task: asyncio.Task[None] | None = None
         self._sub_lock = asyncio.Lock()
+        # Channels waiting for the next SUBSCRIBE, and the future that command resolves: a
+        # surge of hellos sends one command per flush instead of one per channel.
+        self._sub_pending: list[str] = []
+        self._sub_flush: asyncio.Future[None] | None = None
+        self._sub_waiting: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[object]] = set()
         self.events_in = 0
         self.frames_out = 0
@@ -448,18 +453,58 @@ class DeliveryHub:
     # -- subscriptions ----------------------------------------------------------------------
 
     async def _subscribe_convs(self, convs: Iterable[int]) -> None:
-        for conv in convs:
-            channel = self._keys.conv_channel(conv)
-            if channel not in self._channels:
-                await self._subscribe([channel], ("conv", conv))
+        await self._subscribe_targets(
+            [(self._keys.conv_channel(conv), ("conv", conv)) for conv in convs]
+        )
 
     async def _subscribe(self, channels: list[str], target: tuple[str, int]) -> None:
-        new = [c for c in channels if c not in self._channels]
-        for c in new:
-            self._channels[c] = target
-        if new and self._subscriber is not None:
+        await self._subscribe_targets([(c, target) for c in channels])
+
+    async def _subscribe_targets(self, targets: list[tuple[str, tuple[str, int]]]) -> None:
+        """Route these channels here and return once the SUBSCRIBE that carries them is sent.
+        A channel another attach asked for whose command is not sent yet waits for that same
+        command, so nobody reads the log before its subscription is out."""
+        new = [(c, t) for c, t in targets if c not in self._channels]
+        for c, t in new:
+            self._channels[c] = t
+        if self._subscriber is None:
+            return
+        if new:
+            flush = self._sub_flush
+            if flush is None:
+                flush = self._sub_flush = asyncio.get_running_loop().create_future()
+                self._spawn(self._flush_subscribes(flush))
+            for c, _ in new:
+                self._sub_pending.append(c)
+                self._sub_waiting[c] = flush
+        waits = {id(f): f for c, _ in targets if (f := self._sub_waiting.get(c)) is not None}
+        for f in waits.values():
+            await asyncio.shield(f)
+
+    async def _flush_subscribes(self, flush: asyncio.Future[None]) -> None:
+        # Waits for the command in flight (the lock), then sends everything queued meanwhile.
+        channels: list[str] = []
+        try:
             async with self._sub_lock:
-                await self._subscriber.subscribe(*new)
+                if self._sub_flush is flush:
+                    self._sub_flush = None
+                channels, self._sub_pending = self._sub_pending, []
+                # A channel released while it waited needs no subscription any more.
+                channels = [c for c in channels if c in self._channels]
+                if channels and self._subscriber is not None:
+                    await self._subscriber.subscribe(*channels)
+        except asyncio.CancelledError:
+            flush.cancel()
+            raise
+        except BaseException as exc:
+            flush.set_exception(exc)
+            flush.exception()  # the waiters read it; an unwaited failure is not worth a log
+        else:
+            flush.set_result(None)
+        finally:
+            for c in channels:
+                if self._sub_waiting.get(c) is flush:
+                    del self._sub_waiting[c]
 
     async def _unsubscribe(self, channels: list[str]) -> None:
         gone = [c for c in channels if self._channels.pop(c, None) is not None]

@@ -38,6 +38,7 @@ from serve.convert import (
     to_entity_body,
 )
 from serve.delivery.connection import Connection
+from serve.handlers.hello import MembershipLoader
 from serve.ratelimit import SendRateLimiter
 from storage import ConversationStore, EventBus, Keys, Message, PresenceCache
 from warbler.config import Settings
@@ -89,6 +90,9 @@ class ChatHandler:
         # Runtime follows): nothing to gain from batching them with the sends.
         self._call_one = call_one
         self._conversations = conversations
+        # The store keeps its Database private; the hello's batched read needs it (see
+        # serve/handlers/hello.py).
+        self._memberships = MembershipLoader(conversations._db)
         self._presence = presence
         self._keys = keys
         self._limiter = SendRateLimiter(settings.send_rate_per_s, settings.send_burst)
@@ -310,9 +314,9 @@ class ChatHandler:
         return out
 
     async def load_conversations(self, user_id: int) -> dict[int, str]:
-        """Conversation id -> kind for every conversation of the user (for delivery)."""
-        rows = await self._conversations.list_user_conversations(user_id)
-        return {row.conversation.id: row.conversation.kind for row in rows}
+        """Conversation id -> kind for every conversation of the user (for delivery); the
+        loads of concurrent hellos share one query."""
+        return await self._memberships.load(user_id)
 
     # -- presence ---------------------------------------------------------------------------
 
