@@ -303,6 +303,9 @@ class _Stream:
     above: set[int] = field(default_factory=set)  # seen, beyond contiguous
     missing: dict[int, float] = field(default_factory=dict)  # gap seq -> noticed at
     declared: set[int] = field(default_factory=set)  # reported lost (may still turn up)
+    # Seen beyond contiguous when the device resumed: the server replays them (its cursor is
+    # the contiguous seq), and a replay is not a duplicate.
+    replay: set[int] = field(default_factory=set)
 
 
 class StreamCheck:
@@ -333,6 +336,9 @@ class StreamCheck:
         if seq in stream.declared:  # late, after being reported lost: not a duplicate
             stream.declared.discard(seq)
             return True
+        if seq in stream.replay:  # replayed after a resume, as its cursor asked
+            stream.replay.discard(seq)
+            return True
         if seq <= stream.contiguous or seq in stream.above:
             return False
         stream.missing.pop(seq, None)
@@ -342,6 +348,13 @@ class StreamCheck:
                 stream.missing[gap] = now
         self._advance(stream)
         return True
+
+    def resume(self) -> dict[int, int]:
+        """The cursors a reconnecting device sends (each stream's contiguous seq); the seqs
+        seen above them may come again and will not count as duplicates."""
+        for stream in self._streams.values():
+            stream.replay = set(stream.above)
+        return {conv: stream.contiguous for conv, stream in self._streams.items()}
 
     def overdue(self, now: float) -> list[tuple[int, int]]:
         """(conversation, seq) gaps open longer than the grace period: lost, reported once."""

@@ -11,7 +11,11 @@ of them, and sends at ``--send-rate`` messages per second. It reports to locust:
   time travels in the message body);
 - ``WS delivery lost`` / ``WS delivery duplicated`` (failures): a user checks every conversation's
   seq stream (`loadtest.accounting.StreamCheck`): a seq received twice, or a gap that stays open
-  for ``--gap-grace`` seconds. A stream is checked from the first seq the user sees in it.
+  for ``--gap-grace`` seconds. A stream is checked from the first seq the user sees in it;
+- ``WS reconnect``: the user reconnected as the server asked (a `reconnect` frame, sent when
+  the gateway's replicas change): like a real client it says hello with its cursors, gets what
+  it missed, and resends its unacked messages under the same client ids. A socket lost without
+  that warning is a ``WS connection`` failure, and the user reconnects all the same.
 
 Run headless::
 
@@ -46,6 +50,7 @@ from warbler.protocol import (
     HelloFrame,
     HelloOkFrame,
     MessageFrame,
+    ReconnectFrame,
     SessionCreate,
     TokenPublic,
     UserCreate,
@@ -96,6 +101,7 @@ class ChatUser(HttpUser):
         self.streams = StreamCheck(float(getattr(opts, "gap_grace", 5.0)))
         self.number = next(_numbers)
         self.pending: dict[str, float] = {}  # client_msg_id -> sent at (time.time())
+        self.unacked: dict[str, str] = {}  # client_msg_id -> its send frame, to resend
         self.by_request: dict[int, str] = {}
         self.groups: set[int] = set()
         self.sent = 0
@@ -136,20 +142,52 @@ class ChatUser(HttpUser):
         base = (self.host or "").rstrip("/")
         return base.replace("https://", "wss://").replace("http://", "ws://") + WS_PATH
 
+    def _open(self, cursors: dict[int, int] | None = None) -> websocket.WebSocket:
+        ws = websocket.create_connection(self._ws_url(), timeout=15)
+        hello = HelloFrame(token=self.token, device_id=f"locust-{self.number}", cursors=cursors)
+        ws.send(dump_frame(hello))
+        while not isinstance(parse_server_frame(ws.recv()), HelloOkFrame):
+            pass  # nothing but hello_ok can come first; be lenient anyway
+        ws.settimeout(None)
+        return ws
+
     def _connect(self) -> None:
         start = time.perf_counter()
         try:
-            ws = websocket.create_connection(self._ws_url(), timeout=15)
-            ws.send(dump_frame(HelloFrame(token=self.token, device_id=f"locust-{self.number}")))
-            while not isinstance(parse_server_frame(ws.recv()), HelloOkFrame):
-                pass  # nothing but hello_ok can come first; be lenient anyway
-            ws.settimeout(None)
+            ws = self._open()
         except Exception as exc:  # any connect failure is a locust failure, not a crash
             self._report("connect", start, exception=exc)
             raise
         self._report("connect", start)
         self.ws = ws
         self.reader = gevent.spawn(self._read_loop)
+
+    def _reconnect(self, delay_s: float) -> None:
+        """Reconnect with cursors (the server replays what this device missed), then resend
+        every unacked send under its client id (the server stores each once)."""
+        old, self.ws = self.ws, None  # sends made meanwhile wait in `unacked`
+        if old is not None:
+            try:
+                old.close()
+            except Exception:  # already gone
+                pass
+        gevent.sleep(delay_s)
+        start = time.perf_counter()
+        for attempt in range(10):
+            if self.closing:
+                return
+            try:
+                ws = self._open(self.streams.resume())
+                break
+            except Exception as exc:
+                self._report("reconnect", start, exception=exc)
+                gevent.sleep(min(5.0, 0.2 * 2**attempt) * random.random())
+        else:
+            return
+        self._report("reconnect", start)
+        self.ws = ws
+        for frame in list(self.unacked.values()):
+            ws.send(frame)
 
     def _create_group(self) -> None:
         peers = [u for u in ONLINE if u != self.user_id]
@@ -167,32 +205,41 @@ class ChatUser(HttpUser):
     # ---- receiving --------------------------------------------------------------------------
 
     def _read_loop(self) -> None:
-        assert self.ws is not None
-        while not self.closing:
+        while not self.closing and self.ws is not None:
             try:
                 text = self.ws.recv()
             except Exception as exc:  # closed by the server or by on_stop
-                if not self.closing:
-                    self._fail("connection", ProtocolFailure(f"socket closed: {exc!r}"))
-                return
-            if text:
-                self._on_frame(text)
+                if self.closing:
+                    return
+                self._fail("connection", ProtocolFailure(f"socket closed: {exc!r}"))
+                self._reconnect(random.uniform(0.5, 2.0))
+                continue
+            if not text:
+                continue
+            frame = parse_server_frame(text)
+            if isinstance(frame, ReconnectFrame):
+                self._reconnect(random.uniform(0.0, frame.retry_after_ms / 1000.0))
+            else:
+                self._on_frame(frame, len(text))
 
-    def _on_frame(self, text: str | bytes) -> None:
+    def _on_frame(self, frame: object, length: int) -> None:
         now = time.time()
-        frame = parse_server_frame(text)
         if isinstance(frame, MessageFrame):
             self._see(frame.conversation_id, frame.seq, now)
             stamp = read_stamp(frame.body)
             if stamp is not None and is_ours(frame.client_msg_id, RUN_ID):
-                self._fire("send->delivery", (time.time_ns() - stamp) / 1e6, len(text))
+                self._fire("send->delivery", (time.time_ns() - stamp) / 1e6, length)
         elif isinstance(frame, AckFrame):
-            self._see(frame.conversation_id, frame.seq, now)
+            if not frame.duplicate:  # a resend's ack repeats a seq this device may have
+                self._see(frame.conversation_id, frame.seq, now)
+            self.unacked.pop(frame.client_msg_id, None)
             sent_at = self.pending.pop(frame.client_msg_id, None)
             if sent_at is not None:
-                self._fire("send->ack", (now - sent_at) * 1000, len(text))
+                self._fire("send->ack", (now - sent_at) * 1000, length)
         elif isinstance(frame, ErrorFrame):
             cmid = self.by_request.pop(frame.id, None) if isinstance(frame.id, int) else None
+            if cmid is not None:
+                self.unacked.pop(cmid, None)
             sent_at = self.pending.pop(cmid, None) if cmid is not None else None
             name = "send->ack" if sent_at is not None else "error frame"
             self._fail(name, ProtocolFailure(f"{frame.code.value}: {frame.message}"))
@@ -221,8 +268,6 @@ class ChatUser(HttpUser):
         self._check()
 
     def _send_one(self) -> None:
-        if self.ws is None:
-            return
         peers = [u for u in ONLINE if u != self.user_id]
         target: dict[str, int] = {}
         if self.groups and (not peers or random.random() < 0.3):
@@ -236,12 +281,15 @@ class ChatUser(HttpUser):
         now = time.time()
         frame = send_frame(self.sent, cmid, stamp_body(time.time_ns(), self.body_bytes), **target)
         self.pending[cmid] = now
+        self.unacked[cmid] = frame
         self.by_request[self.sent] = cmid
+        ws = self.ws
+        if ws is None:
+            return  # reconnecting: `_reconnect` sends it
         try:
-            self.ws.send(frame)
-        except Exception as exc:
-            self.pending.pop(cmid, None)
-            self._fail("send->ack", exc)
+            ws.send(frame)
+        except Exception:  # the socket is going; the reader reconnects and resends it
+            pass
 
     def _check(self) -> None:
         now = time.time()
@@ -251,6 +299,7 @@ class ChatUser(HttpUser):
         for cmid, sent_at in list(self.pending.items()):
             if now - sent_at > self.ack_timeout:
                 del self.pending[cmid]
+                self.unacked.pop(cmid, None)
                 self._fail("send->ack", ProtocolFailure(f"no ack in {self.ack_timeout}s"))
 
     # ---- statistics -------------------------------------------------------------------------

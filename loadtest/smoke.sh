@@ -73,6 +73,16 @@ until "$py" -c "import httpx, sys; sys.exit(0 if httpx.get('$base$ready_path', t
   fi
   sleep 1
 done
+# readyz answers once one replica serves; `warbler up` says it is up once every initial replica
+# runs (a replica that comes later makes the others rebalance their sockets: locust users cope,
+# but the smoke run should measure a settled cluster).
+until grep -q "Warbler is up." "$log"; do
+  if ! kill -0 "$server_pid" 2>/dev/null || [ "$(date +%s)" -ge "$deadline" ]; then
+    echo "smoke: warbler up did not finish"
+    exit 1
+  fi
+  sleep 1
+done
 # setsid made the server the leader of a new session (sid == pid); only then is "every process
 # of that session" ours alone to kill at the end.
 sid=$(ps -o sid= -p "$server_pid" | tr -d ' ' || true)

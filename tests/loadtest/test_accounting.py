@@ -130,3 +130,17 @@ def test_stream_check_does_not_judge_seqs_from_before_its_first() -> None:
     assert check.see(12, 2, now=0.0)  # joined mid-stream (seq 1 went out before we subscribed)
     assert check.see(12, 1, now=0.1)  # arrives late: not a duplicate, not checked
     assert not check.see(12, 2, now=0.2)
+
+
+def test_stream_check_resume_sends_contiguous_cursors_and_accepts_the_replay() -> None:
+    check = StreamCheck(grace_s=5.0)
+    for seq in (1, 2, 3, 5, 6):  # 4 is still in flight when the device reconnects
+        assert check.see(12, seq, now=0.0)
+    assert check.see(15, 7, now=0.0)
+    assert check.resume() == {12: 3, 15: 7}
+    # The server replays everything after the cursor: 4 is new, 5 and 6 are replays.
+    assert check.see(12, 4, now=1.0)
+    assert check.see(12, 5, now=1.0) and check.see(12, 6, now=1.0)
+    # A replay is forgiven once; the same seq again is a duplicate.
+    assert not check.see(12, 5, now=1.1)
+    assert check.overdue(now=10.0) == []
