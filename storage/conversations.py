@@ -255,6 +255,23 @@ class ConversationStore:
             )
             return list(result.all())
 
+    async def memberships_of(self, user_ids: list[int]) -> dict[int, dict[int, str]]:
+        """user id -> {conversation id: kind} for each user (empty when they have none): one
+        light query for many users (a gateway's concurrent hellos), no ORM rows."""
+        out: dict[int, dict[int, str]] = {u: {} for u in user_ids}
+        if not user_ids:
+            return out
+        stmt = (
+            select(Membership.user_id, Conversation.id, Conversation.kind)
+            .join(Conversation, col(Conversation.id) == col(Membership.conversation_id))
+            .where(col(Membership.user_id).in_(user_ids))
+        )
+        async with self._db.session() as session:
+            for user_id, conv_id, kind in (await session.exec(stmt)).all():
+                if conv_id is not None:
+                    out[user_id][int(conv_id)] = str(kind)
+        return out
+
     async def list_user_conversation_ids(self, user_id: int) -> list[int]:
         """Ids of the conversations the user belongs to, ascending."""
         async with self._db.session() as session:

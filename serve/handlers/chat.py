@@ -92,7 +92,7 @@ class ChatHandler:
         self._conversations = conversations
         # The store keeps its Database private; the hello's batched read needs it (see
         # serve/handlers/hello.py).
-        self._memberships = MembershipLoader(conversations._db)
+        self._memberships = MembershipLoader(conversations)
         self._presence = presence
         self._keys = keys
         self._limiter = SendRateLimiter(settings.send_rate_per_s, settings.send_burst)

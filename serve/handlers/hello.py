@@ -13,9 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from sqlmodel import col, select
-
-from storage import Conversation, Database, Membership
+from storage import ConversationStore
 
 logger = logging.getLogger(__name__)
 
@@ -23,28 +21,11 @@ logger = logging.getLogger(__name__)
 MAX_USERS_PER_QUERY = 500
 
 
-async def read_memberships(db: Database, user_ids: list[int]) -> dict[int, dict[int, str]]:
-    """user id -> {conversation id: kind} for each user (empty when they have none)."""
-    out: dict[int, dict[int, str]] = {u: {} for u in user_ids}
-    if not user_ids:
-        return out
-    stmt = (
-        select(Membership.user_id, Conversation.id, Conversation.kind)
-        .join(Conversation, col(Conversation.id) == col(Membership.conversation_id))
-        .where(col(Membership.user_id).in_(user_ids))
-    )
-    async with db.session() as session:
-        for user_id, conv_id, kind in (await session.exec(stmt)).all():
-            if conv_id is not None:
-                out[user_id][int(conv_id)] = str(kind)
-    return out
-
-
 class MembershipLoader:
-    """Coalesces ``load(user_id)`` calls into ``read_memberships`` batches."""
+    """Coalesces ``load(user_id)`` calls into ``ConversationStore.memberships_of`` batches."""
 
-    def __init__(self, db: Database, *, max_in_flight: int = 2) -> None:
-        self._db = db
+    def __init__(self, conversations: ConversationStore, *, max_in_flight: int = 2) -> None:
+        self._conversations = conversations
         self._waiting: dict[int, list[asyncio.Future[dict[int, str]]]] = {}
         self._slots = asyncio.Semaphore(max_in_flight)
         self._scheduled = False
@@ -73,7 +54,7 @@ class MembershipLoader:
                     chunk = users[start : start + MAX_USERS_PER_QUERY]
                     self.queries += 1
                     try:
-                        found = await read_memberships(self._db, chunk)
+                        found = await self._conversations.memberships_of(chunk)
                     except Exception as exc:
                         _settle(waiting, chunk, error=exc)
                         continue

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from actors.messages import MessageEvent
 from serve.delivery.connection import Connection
 from serve.delivery.hub import DeliveryHub
-from serve.handlers.hello import MembershipLoader, read_memberships
+from serve.handlers.hello import MembershipLoader
 from storage import ConversationStore, Database, EventBus, Keys, UserStore
 
 
@@ -26,7 +26,7 @@ async def test_concurrent_loads_share_one_query(db: Database, uid: str) -> None:
     convs = ConversationStore(db)
     group = await convs.create_group("g", a, [b, c])
     direct = await convs.get_or_create_direct(a, b)
-    loader = MembershipLoader(db)
+    loader = MembershipLoader(convs)
     got = await asyncio.gather(*(loader.load(u) for u in (a, b, c, lonely, a)))
     assert loader.queries == 1
     assert got[0] == {group.id: "group", direct.id: "direct"}
@@ -40,7 +40,7 @@ async def test_concurrent_loads_share_one_query(db: Database, uid: str) -> None:
     # The same answer as the full summary read the REST list uses.
     full = await convs.list_user_conversations(a)
     assert {s.conversation.id: s.conversation.kind for s in full} == got[4]
-    assert (await read_memberships(db, []) == {})
+    assert await convs.memberships_of([]) == {}
 
 
 async def _subscribe_calls(redis: aioredis.Redis) -> int:
