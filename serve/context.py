@@ -9,6 +9,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 
 import redis.asyncio as aioredis
 
@@ -19,6 +20,7 @@ from serve.delivery.hub import DeliveryHub
 from serve.handlers.accounts import AccountsHandler
 from serve.handlers.chat import ChatHandler
 from serve.reload import FLUSH_S, ReloadCoordinator, serve_drain_probe
+from serve.revocations import Revocation, Revocations
 from serve.tokens import TokenSigner
 from storage import (
     ConversationStore,
@@ -39,6 +41,13 @@ logger = logging.getLogger(__name__)
 PRESENCE_RENEW_S = PRESENCE_TTL_S / 3
 # On shutdown, time for the `reconnect` frames to leave before the sockets close.
 DRAIN_FLUSH_S = FLUSH_S
+
+
+def _close_revoked(hub: DeliveryHub, revocation: Revocation) -> None:
+    """Close this replica's sockets of a logged-out session (4403: the client stops)."""
+    for conn in hub.connections:
+        if revocation.concerns(conn.user_id, conn.session_id, conn.token_issued_at):
+            conn.request_close(CloseCode.REVOKED)
 
 
 def replica_name() -> str:
@@ -66,6 +75,7 @@ class GatewayContext:
     accounts: AccountsHandler
     chat: ChatHandler
     reload: ReloadCoordinator
+    revocations: Revocations
     started_at: float = field(default_factory=time.time)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -111,6 +121,9 @@ class GatewayContext:
             rebalance=settings.use_haproxy,
             drain_probe=serve_drain_probe(),
         )
+        revocations = Revocations(
+            redis, keys, settings.access_token_ttl_s, partial(_close_revoked, hub)
+        )
         ctx = cls(
             settings=settings,
             replica_id=replica_id,
@@ -119,11 +132,15 @@ class GatewayContext:
             runtime=runtime,
             calls=calls,
             hub=hub,
-            accounts=AccountsHandler(UserStore(db), signer, settings.refresh_token_ttl_s),
+            accounts=AccountsHandler(
+                UserStore(db), signer, settings.refresh_token_ttl_s, revocations
+            ),
             chat=chat,
             reload=reload,
+            revocations=revocations,
         )
         ctx._tasks.append(asyncio.get_running_loop().create_task(ctx._renew_presence()))
+        await revocations.start()
         await reload.start()
         logger.info("gateway replica %s ready", ctx.replica_id)
         return ctx
@@ -133,6 +150,7 @@ class GatewayContext:
         connections. (A drain Serve announced has spread most sockets out already: see
         serve/reload.py; this is the fallback when no drain was seen.)"""
         await self.reload.close()
+        await self.revocations.close()
         conns = [c for c in self.hub.connections if not c.closed]
         if conns:
             logger.info(

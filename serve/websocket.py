@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from serve.context import GatewayContext
 from serve.delivery.connection import Connection
+from serve.tokens import AccessClaims
 from warbler.errors import ErrorCode, WarblerError
 from warbler.protocol import (
     HELLO_TIMEOUT_S,
@@ -86,13 +87,15 @@ class SocketSession:
         hello = await self._handshake()
         if hello is None:
             return
-        frame, user_id = hello
+        frame, claims = hello
         conn = self._conn = Connection(
             self._send_text,
-            user_id,
+            claims.user_id,
             frame.device_id or f"d-{uuid.uuid4().hex[:12]}",
             max_queue=MAX_QUEUED_FRAMES,
         )
+        # A logout closes the sockets of its session (serve.revocations).
+        conn.session_id, conn.token_issued_at = claims.session_id, claims.issued_at
         writer = asyncio.get_running_loop().create_task(self._write(conn))
         closer = asyncio.get_running_loop().create_task(self._close_when_asked(conn))
         try:
@@ -103,7 +106,7 @@ class SocketSession:
             try:
                 await self._ctx.hub.attach(conn)
             except Exception as exc:
-                logger.exception("cannot attach a socket of user %s", user_id)
+                logger.exception("cannot attach a socket of user %s", claims.user_id)
                 await self._fail(exc, frame.id, CloseCode.INTERNAL)
                 return
             conn.send(dump_frame(self._hello_ok(frame, conn)))
@@ -137,7 +140,7 @@ class SocketSession:
 
     # -- handshake ----------------------------------------------------------------------------
 
-    async def _handshake(self) -> tuple[HelloFrame, int] | None:
+    async def _handshake(self) -> tuple[HelloFrame, AccessClaims] | None:
         try:
             text = await asyncio.wait_for(self._receive_text(), HELLO_TIMEOUT_S)
         except TimeoutError:
@@ -174,7 +177,7 @@ class SocketSession:
         except WarblerError as exc:
             await self._fail(exc, frame.id, CloseCode.UNAUTHENTICATED)
             return None
-        return frame, claims.user_id
+        return frame, claims
 
     def _hello_ok(self, frame: HelloFrame, conn: Connection) -> HelloOkFrame:
         s = self._ctx.settings

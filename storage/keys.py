@@ -71,3 +71,19 @@ class Keys:
         """Changes of the gateway replica set (a replica ready, a replica draining): every
         replica of every gateway app in the namespace listens (one haproxy serves them all)."""
         return f"{self._p}ch:gateways"
+
+    def revoked_session(self, session_id: str) -> str:
+        """A logged-out login session (its access tokens die now, not at expiry)."""
+        return f"{self._p}revoked:s:{session_id}"
+
+    def revoked_user(self, user_id: int) -> str:
+        """A user logged out everywhere: access tokens issued before the stored time die."""
+        return f"{self._p}revoked:u:{user_id}"
+
+    def revocations_pattern(self) -> str:
+        """SCAN pattern of both revocation keys (a replica loads them when it starts)."""
+        return f"{self._p}revoked:*"
+
+    def revocations_channel(self) -> str:
+        """Revocations as they happen: every gateway replica listens."""
+        return f"{self._p}ch:revoked"

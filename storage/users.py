@@ -140,6 +140,17 @@ class UserStore:
             await session.commit()
             return bool(result.rowcount)
 
+    async def live_refresh_token_ids(self, user_id: int) -> list[str]:
+        """Ids of the user's refresh tokens not revoked (expired ones included: their access
+        tokens may still live)."""
+        async with self._db.session() as session:
+            result = await session.exec(
+                select(RefreshToken.id).where(
+                    col(RefreshToken.user_id) == user_id, col(RefreshToken.revoked_at).is_(None)
+                )
+            )
+            return [str(token_id) for token_id in result.all()]
+
     async def revoke_all_refresh_tokens(self, user_id: int) -> int:
         """Revoke every live token of ``user_id``; returns how many were revoked."""
         async with self._db.session() as session:

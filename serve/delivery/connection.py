@@ -47,6 +47,9 @@ class Connection:
         self.opened_at = time.monotonic()
         self.user_id = user_id
         self.device_id = device_id
+        # The login session and issue time of the token it said hello with (revocations).
+        self.session_id = ""
+        self.token_issued_at = 0
         self.delivered: dict[int, int] = {}
         self._send_text = send_text
         self._max_queue = max_queue

@@ -7,9 +7,11 @@ Accounts are stateless rows no entity owns, so this handler uses storage's UserS
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 
 from serve.passwords import hash_password, verify_password
+from serve.revocations import Revocation, Revocations
 from serve.tokens import AccessClaims, TokenSigner
 from storage import UserStore
 from storage.models import User
@@ -32,16 +34,27 @@ def user_public(user: User) -> UserPublic:
 class AccountsHandler:
     """Account operations over a UserStore and a TokenSigner."""
 
-    def __init__(self, users: UserStore, signer: TokenSigner, refresh_ttl_s: int) -> None:
+    def __init__(
+        self,
+        users: UserStore,
+        signer: TokenSigner,
+        refresh_ttl_s: int,
+        revocations: Revocations | None = None,
+    ) -> None:
         self._users = users
         self._signer = signer
         self._refresh_ttl_s = refresh_ttl_s
+        self._revocations = revocations
 
     def authenticate(self, token: str | None) -> AccessClaims:
-        """The claims of a valid access token; UNAUTHENTICATED / TOKEN_EXPIRED otherwise."""
+        """The claims of a valid access token of a session not logged out; UNAUTHENTICATED /
+        TOKEN_EXPIRED otherwise. No I/O (revocations are in memory)."""
         if not token:
             raise WarblerError(ErrorCode.UNAUTHENTICATED, "an access token is required")
-        return self._signer.verify_access(token)
+        claims = self._signer.verify_access(token)
+        if self._revocations is not None and self._revocations.is_revoked(claims):
+            raise WarblerError(ErrorCode.UNAUTHENTICATED, "this session was logged out")
+        return claims
 
     async def register(self, body: UserCreate) -> UserPublic:
         """Create an account (USERNAME_TAKEN if the name exists)."""
@@ -81,7 +94,16 @@ class AccountsHandler:
     ) -> None:
         """Revoke one refresh token (the given one, else this session's) or all of the user's."""
         if all_devices:
+            # Whole seconds, compared strictly: a login right after this (same second) keeps
+            # its token; the sessions live now are revoked one by one, which covers their
+            # tokens issued earlier in this second.
+            before = int(time.time())
+            sessions = await self._users.live_refresh_token_ids(claims.user_id)
             count = await self._users.revoke_all_refresh_tokens(claims.user_id)
+            if self._revocations is not None:
+                for sid in {*sessions, claims.session_id}:
+                    await self._revocations.revoke(Revocation(claims.user_id, session_id=sid))
+                await self._revocations.revoke(Revocation(claims.user_id, before=before))
             logger.info("user %s logged out of %d sessions", claims.user_id, count)
             return
         token_id = (
@@ -91,6 +113,8 @@ class AccountsHandler:
         if row is None or row.user_id != claims.user_id:
             raise WarblerError(ErrorCode.NOT_FOUND, "no such session for this user")
         await self._users.revoke_refresh_token(token_id)
+        if self._revocations is not None:
+            await self._revocations.revoke(Revocation(claims.user_id, session_id=token_id))
 
     async def get_user(self, user_id: int) -> UserPublic:
         """One user by id (NOT_FOUND if none)."""
