@@ -122,7 +122,10 @@ async def test_revoke_all_refresh_tokens(users: UserStore, uid: str) -> None:
     mine = [await users.create_refresh_token(user.id, 60) for _ in range(3)]
     theirs = await users.create_refresh_token(other.id, 60)
     await users.revoke_refresh_token(mine[0].id)
+    assert sorted(await users.live_refresh_token_ids(user.id)) == sorted(t.id for t in mine[1:])
     assert await users.revoke_all_refresh_tokens(user.id) == 2
+    assert await users.live_refresh_token_ids(user.id) == []
+    assert await users.live_refresh_token_ids(other.id) == [theirs.id]
     for token in mine:
         stored = await users.get_refresh_token(token.id)
         assert stored is not None and stored.revoked_at is not None
