@@ -97,6 +97,8 @@ class Device:
         self._sync: asyncio.Future[SyncDoneFrame] | None = None
         self._pongs: dict[int, asyncio.Future[None]] = {}
         self._closing = False
+        # The server asked this socket to move (a `reconnect` frame): its close is announced.
+        self._asked_to_move = False
         self._reconnect_task: asyncio.Task[None] | None = None
         self._lost_ns: int | None = None
 
@@ -178,7 +180,11 @@ class Device:
                 )
         if self._closing:
             return
-        self.ledger.record_error(f"socket_closed_{code}")
+        # Counted apart: an announced move is the protocol working, a bare drop is not.
+        self.ledger.record_error(
+            "reconnect_requested" if self._asked_to_move else f"socket_closed_{code}"
+        )
+        self._asked_to_move = False
         if self.resume and self._reconnect_task is None:
             self._lost_ns = time.time_ns()
             self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
@@ -284,6 +290,7 @@ class Device:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
         elif isinstance(frame, ReconnectFrame) and self.resume and self._conn is not None:
+            self._asked_to_move = True
             self._conn.close(1000)  # the server drains this replica: move now
 
     def _bump(self, conversation_id: int, seq: int) -> None:
