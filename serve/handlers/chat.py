@@ -330,6 +330,7 @@ class ChatHandler:
             await self._calls.call(user_key(user_id), ConnectDevice(device_id, replica_id)),
             SessionInfo,
         )
+        self._limiter.set_share(user_id, len({d.replica_id for d in info.devices}))
         return len(info.devices) == 1 and info.devices[0].device_id == device_id
 
     async def device_disconnected(self, user_id: int, device_id: str, replica_id: str) -> bool:
@@ -338,6 +339,7 @@ class ChatHandler:
             await self._calls.call(user_key(user_id), DisconnectDevice(device_id, replica_id)),
             SessionInfo,
         )
+        self._limiter.set_share(user_id, len({d.replica_id for d in info.devices}))
         return not info.online
 
     async def publish_presence(self, user_id: int, online: bool, direct_ids: list[int]) -> None:

@@ -55,6 +55,18 @@ def test_rate_limiter_bucket() -> None:
     assert limiter.try_take(1, now=0.1) == 0.0  # refilled
 
 
+def test_rate_limiter_splits_a_users_rate_across_the_replicas_of_their_devices() -> None:
+    limiter = SendRateLimiter(rate_per_s=2, burst=4)
+    limiter.set_share(1, 2)  # devices on two replicas: half the rate and burst here
+    assert [limiter.try_take(1, now=0.0) for _ in range(2)] == [0.0, 0.0]
+    assert limiter.try_take(1, now=0.0) == pytest.approx(1.0)  # 1/s here
+    assert limiter.try_take(1, now=1.0) == 0.0
+    limiter.set_share(1, 1)  # the other device left: the whole rate again
+    assert limiter.try_take(1, now=1.5) == 0.0
+    assert limiter.try_take(1, now=1.5) == pytest.approx(0.5)  # refills at 2/s now
+    assert limiter.try_take(2, now=0.0) == 0.0  # another user keeps the full share
+
+
 def _msg(seq: int, sender: int = 9, cmid: str = "") -> LiveMessage:
     return LiveMessage(1, seq, sender, cmid or f"c{seq}", f'{{"seq":{seq}}}')
 
