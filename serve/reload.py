@@ -36,7 +36,7 @@ from redis.exceptions import RedisError
 
 from serve.delivery.connection import Connection
 from serve.ingress import HARD_STOP_AFTER_S
-from storage import EventBus, Keys, Subscriber
+from storage import ChannelListener, EventBus, Keys
 from warbler.protocol import CloseCode, ReconnectFrame, dump_frame
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,6 @@ DRAIN_MARGIN_S = DRAIN_POLL_S + FLUSH_S + 0.5
 # ... and its first one this long after it saw the drain: past the other replicas' cutoff (or
 # its sockets would be moved twice) and past haproxy's reload (or they could come right back).
 DRAIN_HOLD_S = RELOAD_SETTLE_S["draining"] + 0.5
-_RESUBSCRIBE_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 # The last reconnect must come before the old haproxy process hard-stops.
 MAX_WINDOW_S = HARD_STOP_AFTER_S - max(RELOAD_SETTLE_S.values()) - FLUSH_S - 5.0
 
@@ -259,7 +258,7 @@ class ReloadCoordinator:
         # be scheduled again meanwhile. Weak: a closed socket leaves by itself.
         self._told: weakref.WeakSet[Connection] = weakref.WeakSet()
         self._wake = asyncio.Event()
-        self._subscriber: Subscriber | None = None
+        self._listener = ChannelListener(bus, self._channel, self._on_event)
         self._tasks: set[asyncio.Task[None]] = set()
         self.draining = False
         # Sockets told to reconnect, by reason (for logs, metrics and tests).
@@ -270,9 +269,7 @@ class ReloadCoordinator:
     async def start(self) -> None:
         """Listen for other replicas' events, watch for a drain, then announce "ready"."""
         if self._rebalance:
-            self._subscriber = self._bus.subscriber()
-            await self._subscriber.subscribe(self._channel)
-            self._spawn(self._listen())
+            await self._listener.start()
         self._spawn(self._fire())
         if self._probe is not None:
             self._spawn(self._watch_drain(self._probe))
@@ -286,9 +283,7 @@ class ReloadCoordinator:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._subscriber is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await self._subscriber.close()
+        await self._listener.close()
 
     async def begin_drain(self, window_s: float) -> None:
         """This replica goes away in ``window_s``: announce it, and tell every socket to leave,
@@ -328,27 +323,6 @@ class ReloadCoordinator:
             # Other replicas then miss one rebalance: their old sockets meet haproxy's hard stop
             # and resume from their cursors, as without this module.
             logger.warning("cannot announce %s of replica %s", kind, self.replica_id)
-
-    async def _listen(self) -> None:
-        attempt = 0
-        while True:
-            subscriber = self._subscriber
-            assert subscriber is not None
-            try:
-                async for _channel, payload in subscriber:
-                    attempt = 0
-                    self._on_event(payload)
-                return
-            except (RedisError, OSError) as exc:
-                delay = _RESUBSCRIBE_BACKOFF_S[min(attempt, len(_RESUBSCRIBE_BACKOFF_S) - 1)]
-                attempt += 1
-                logger.warning("gateway channel lost (%r); resubscribing in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                with contextlib.suppress(RedisError, OSError):
-                    await subscriber.close()
-                self._subscriber = self._bus.subscriber()
-                with contextlib.suppress(RedisError, OSError):
-                    await self._subscriber.subscribe(self._channel)
 
     def _on_event(self, payload: bytes) -> None:
         event = TopologyEvent.decode(payload)

@@ -17,7 +17,6 @@ So ``is_revoked`` is a dict lookup: authenticating a request or a hello stays fr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -28,7 +27,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from serve.tokens import AccessClaims
-from storage import EventBus, Keys, Subscriber
+from storage import ChannelListener, EventBus, Keys
 
 logger = logging.getLogger(__name__)
 
@@ -83,25 +82,22 @@ class Revocations:
         self._on_revoked = on_revoked
         self._sessions: dict[str, tuple[int, float]] = {}  # session -> (user, forget at)
         self._users: dict[int, tuple[int, float]] = {}  # user -> (before, forget at)
-        self._subscriber: Subscriber | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._listener = ChannelListener(
+            self._bus, keys.revocations_channel(), self._on_payload
+        )
+        self._resyncer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Subscribe first, then load: a revocation between the two is not missed."""
-        self._subscriber = self._bus.subscriber()
-        await self._subscriber.subscribe(self._keys.revocations_channel())
-        loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._listen()))
+        await self._listener.start()
         await self.resync()
-        self._tasks.append(loop.create_task(self._resync_forever()))
+        self._resyncer = asyncio.get_running_loop().create_task(self._resync_forever())
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._subscriber is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await self._subscriber.close()
+        if self._resyncer is not None:
+            self._resyncer.cancel()
+            await asyncio.gather(self._resyncer, return_exceptions=True)
+        await self._listener.close()
 
     def is_revoked(self, claims: AccessClaims) -> bool:
         """True if the token's session, or every session of its user, was logged out."""
@@ -168,25 +164,10 @@ class Revocations:
         for uid in [u for u, (_, at) in self._users.items() if at <= now]:
             del self._users[uid]
 
-    async def _listen(self) -> None:
-        while True:
-            subscriber = self._subscriber
-            assert subscriber is not None
-            try:
-                async for _channel, payload in subscriber:
-                    revocation = Revocation.decode(payload)
-                    if revocation is not None:
-                        self._apply(revocation, self._ttl_s)
-                return
-            except (RedisError, OSError) as exc:
-                # The resync loop covers what is missed meanwhile.
-                logger.warning("revocation channel lost (%r); resubscribing", exc)
-                await asyncio.sleep(1.0)
-                with contextlib.suppress(RedisError, OSError):
-                    await subscriber.close()
-                self._subscriber = self._bus.subscriber()
-                with contextlib.suppress(RedisError, OSError):
-                    await self._subscriber.subscribe(self._keys.revocations_channel())
+    def _on_payload(self, payload: bytes) -> None:
+        revocation = Revocation.decode(payload)
+        if revocation is not None:
+            self._apply(revocation, self._ttl_s)
 
     async def _resync_forever(self) -> None:
         while True:

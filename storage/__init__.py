@@ -5,7 +5,7 @@ from storage.caches import CheckpointCache, IdempotencyCache, PresenceCache, Rat
 from storage.checkpoints import CheckpointStore
 from storage.conversations import ConversationStore, ConversationSummary, direct_key
 from storage.db import Database
-from storage.events import EventBus, Subscriber
+from storage.events import ChannelListener, EventBus, Subscriber
 from storage.keys import Keys
 from storage.messages import MessageStore
 from storage.models import Checkpoint, Conversation, Membership, Message, RefreshToken, User
@@ -36,6 +36,7 @@ __all__ = [
     "SeqCounter",
     "StoredMessage",
     "Subscriber",
+    "ChannelListener",
     "User",
     "UserStore",
     "connect_redis",

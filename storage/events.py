@@ -6,13 +6,15 @@ Best effort by design (pub/sub drops what nobody hears); clients close gaps by s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 from storage.keys import Keys
 
@@ -112,3 +114,57 @@ class Subscriber:
                 channel.decode() if isinstance(channel, bytes) else str(channel),
                 bytes(message["data"]),
             )
+
+
+# Waits before resubscribing after a lost connection, then the last one repeated.
+_RESUBSCRIBE_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+
+
+class ChannelListener:
+    """Calls ``on_payload`` for each message on one channel until closed, and resubscribes
+    after a lost connection (with backoff). What is published while it is away is lost, as
+    with any pub/sub: callers that cannot lose an event also re-read its durable copy."""
+
+    def __init__(self, bus: EventBus, channel: str, on_payload: Callable[[bytes], None]) -> None:
+        self._bus = bus
+        self._channel = channel
+        self._on_payload = on_payload
+        self._subscriber: Subscriber | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Subscribe (returns once the command is sent: later messages are heard), then
+        listen in a task of its own."""
+        self._subscriber = self._bus.subscriber()
+        await self._subscriber.subscribe(self._channel)
+        self._task = asyncio.get_running_loop().create_task(self._listen())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._subscriber is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._subscriber.close()
+
+    async def _listen(self) -> None:
+        attempt = 0
+        while True:
+            subscriber = self._subscriber
+            assert subscriber is not None
+            try:
+                async for _channel, payload in subscriber:
+                    attempt = 0
+                    self._on_payload(payload)
+                return
+            except (RedisError, OSError) as exc:
+                delay = _RESUBSCRIBE_BACKOFF_S[min(attempt, len(_RESUBSCRIBE_BACKOFF_S) - 1)]
+                attempt += 1
+                logger.warning("channel %s lost (%r); resubscribing in %.1fs", self._channel,
+                               exc, delay)
+                await asyncio.sleep(delay)
+                with contextlib.suppress(RedisError, OSError):
+                    await subscriber.close()
+                self._subscriber = self._bus.subscriber()
+                with contextlib.suppress(RedisError, OSError):
+                    await self._subscriber.subscribe(self._channel)
