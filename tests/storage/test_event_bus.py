@@ -6,7 +6,7 @@ import asyncio
 
 import redis.asyncio as aioredis
 
-from storage import EventBus, Keys, Subscriber
+from storage import ChannelListener, EventBus, Keys, Subscriber
 
 # Generous bounds for liveness only: a missing message fails the test instead of hanging it.
 WAIT_S = 10.0
@@ -100,3 +100,35 @@ async def test_close_ends_iteration(redis: aioredis.Redis, keys: Keys) -> None:
 async def test_namespaces_do_not_cross(redis: aioredis.Redis, keys: Keys) -> None:
     other = Keys(keys.namespace + "x")
     assert await EventBus(redis, other).publish(other.conv_channel(1), b"x") == 0
+
+
+async def test_channel_listener_resubscribes_after_a_lost_connection(
+    redis: aioredis.Redis, keys: Keys
+) -> None:
+    bus = EventBus(redis, keys)
+    channel = keys.revocations_channel()
+    heard: list[bytes] = []
+    listener = ChannelListener(bus, channel, heard.append)
+    await listener.start()
+
+    async def hear(payload: bytes) -> None:
+        # Publish until it is heard: SUBSCRIBE (and a resubscribe) lands a moment later.
+        for _ in range(int(WAIT_S / 0.05)):
+            await bus.publish(channel, payload)
+            if payload in heard:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{payload!r} never heard")
+
+    try:
+        await hear(b"before")
+        # Drop its pub/sub connection under it, as a Redis restart or a network cut would.
+        subscriber = listener._subscriber
+        assert subscriber is not None
+        connection = subscriber._pubsub.connection
+        assert connection is not None
+        await connection.disconnect()
+        await hear(b"after")
+        assert listener._subscriber is not subscriber  # a new subscription, made by itself
+    finally:
+        await listener.close()
