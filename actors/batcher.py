@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from ray.exceptions import ActorUnavailableError
+
 from actors.wire import Envelope
 
 logger = logging.getLogger(__name__)
@@ -22,7 +24,9 @@ class HostChannel:
     """Batches envelopes to one host actor (see the module docstring).
 
     Each submitted envelope gets a future resolved with its result (a value, a WarblerError
-    or a Redirect), or failed with the Ray exception that lost the whole batch.
+    or a Redirect), or failed with the Ray exception that lost the whole batch
+    (``ActorUnavailableError`` when no answer came within ``batch_timeout_s``: callers retry
+    as for a restarting host, and the envelopes are idempotent).
     """
 
     def __init__(
@@ -35,6 +39,7 @@ class HostChannel:
         window_s: float,
         max_batch: int,
         max_inflight: int,
+        batch_timeout_s: float = 60.0,
     ) -> None:
         self.name = name
         self.handle = handle
@@ -43,6 +48,7 @@ class HostChannel:
         self._window_s = max(0.0, window_s)
         self._max_batch = max(1, max_batch)
         self._max_inflight = max(1, max_inflight)
+        self._batch_timeout_s = batch_timeout_s
         self._queue: list[tuple[str, object, asyncio.Future[object]]] = []
         self._inflight = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -80,7 +86,19 @@ class HostChannel:
         self.batches_sent += 1
         self.envelopes_sent += len(envelopes)
         try:
-            epoch, results = await self.handle.handle_batch.remote(self._epoch(), envelopes)
+            # Bounded: a reply Ray never delivers (seen once after a kill -9) would otherwise
+            # hold an in-flight slot forever and wedge every later call to this host.
+            epoch, results = await asyncio.wait_for(
+                self.handle.handle_batch.remote(self._epoch(), envelopes),
+                self._batch_timeout_s,
+            )
+        except TimeoutError:
+            lost = ActorUnavailableError(
+                f"host {self.name} did not answer a batch in {self._batch_timeout_s:.0f}s", None
+            )
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(lost)
         except Exception as exc:  # the host died or is restarting: every envelope failed
             for _, _, future in batch:
                 if not future.done():

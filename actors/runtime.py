@@ -241,6 +241,8 @@ class Runtime:
                 window_s=self.settings.batch_window_ms / 1000.0,
                 max_batch=self.settings.batch_max,
                 max_inflight=self._max_inflight,
+                # A caller gives up at its deadline: a batch need not outlive it.
+                batch_timeout_s=self._timeout_s,
             )
             if not isinstance(handle, _MissingHost):
                 self._channels[host] = channel

@@ -69,3 +69,34 @@ async def test_a_lost_batch_fails_every_call_in_it() -> None:
     for future in futures:
         with pytest.raises(ConnectionError):
             await future
+
+
+class SilentHost:
+    """Never answers: a reply lost on the way (the batch must not hold its slot forever)."""
+
+    def __init__(self) -> None:
+        self.handle_batch = self
+        self.batches = 0
+
+    def remote(self, epoch: int, envelopes: list[tuple[str, object]]) -> asyncio.Future[Any]:
+        self.batches += 1
+        return asyncio.get_running_loop().create_future()
+
+
+async def test_a_batch_without_an_answer_fails_and_frees_the_channel() -> None:
+    from ray.exceptions import ActorUnavailableError
+
+    host = SilentHost()
+    ch = HostChannel(
+        "h", host, lambda: 7, lambda epoch: None,
+        window_s=0.0, max_batch=100, max_inflight=1, batch_timeout_s=0.05,
+    )
+    first = ch.submit("k", 1)
+    with pytest.raises(ActorUnavailableError):
+        await asyncio.wait_for(first, 5.0)  # without the bound: TimeoutError here
+    # The slot is free again: the next envelope leaves (and times out the same way).
+    second = ch.submit("k", 2)
+    with pytest.raises(ActorUnavailableError):
+        await asyncio.wait_for(second, 5.0)
+    assert host.batches == 2
+    await asyncio.wait_for(ch.close(), 5.0)  # nothing left in flight to wait for
