@@ -126,12 +126,21 @@ class Revocations:
         """Re-read every revocation key (and its remaining TTL) from Redis."""
         prefix_s = self._keys.revoked_session("")
         prefix_u = self._keys.revoked_user(0)[:-1]
-        async for raw in self._redis.scan_iter(match=self._keys.revocations_pattern(), count=500):
-            key = raw.decode() if isinstance(raw, bytes) else str(raw)
-            pipe = self._redis.pipeline(transaction=False)
+        keys = [
+            raw.decode() if isinstance(raw, bytes) else str(raw)
+            async for raw in self._redis.scan_iter(
+                match=self._keys.revocations_pattern(), count=500
+            )
+        ]
+        if not keys:
+            return
+        # One round trip for every key (this runs on every replica every RESYNC_S).
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
             pipe.get(key)
             pipe.ttl(key)
-            value, ttl = await pipe.execute()
+        replies = await pipe.execute()
+        for key, value, ttl in zip(keys, replies[::2], replies[1::2], strict=True):
             if value is None or ttl is None or int(ttl) <= 0:
                 continue
             text = value.decode() if isinstance(value, bytes) else str(value)
