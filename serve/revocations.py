@@ -17,52 +17,22 @@ So ``is_revoked`` is a dict lookup: authenticating a request or a hello stays fr
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from serve.tokens import AccessClaims
-from storage import ChannelListener, EventBus, Keys
+from storage import Keys, Revocation, RevocationCache
+
+__all__ = ["RESYNC_S", "Revocation", "Revocations"]
 
 logger = logging.getLogger(__name__)
 
 # How often a replica re-reads every revocation from Redis (a missed message's worst delay).
 RESYNC_S = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class Revocation:
-    """One logout: a session, or (``session_id`` None) every token of the user issued before
-    ``before`` (unix seconds; tokens carry whole seconds, compared strictly)."""
-
-    user_id: int
-    session_id: str | None = None
-    before: int = 0
-
-    def concerns(self, user_id: int, session_id: str, issued_at: int) -> bool:
-        """True if a token (or socket) of this user, session and issue time is revoked."""
-        if user_id != self.user_id:
-            return False
-        if self.session_id is not None:
-            return session_id == self.session_id
-        return issued_at < self.before
-
-    def encode(self) -> bytes:
-        return json.dumps([self.user_id, self.session_id, self.before]).encode()
-
-    @classmethod
-    def decode(cls, payload: bytes) -> Revocation | None:
-        try:
-            user_id, session_id, before = json.loads(payload)
-            return cls(int(user_id), None if session_id is None else str(session_id), int(before))
-        except (ValueError, TypeError):
-            logger.warning("unreadable revocation %r", payload[:100])
-            return None
 
 
 class Revocations:
@@ -75,16 +45,12 @@ class Revocations:
         ttl_s: int,
         on_revoked: Callable[[Revocation], None] = lambda revocation: None,
     ) -> None:
-        self._redis = redis
-        self._keys = keys
-        self._bus = EventBus(redis, keys)
+        self._cache = RevocationCache(redis, keys)
         self._ttl_s = ttl_s
         self._on_revoked = on_revoked
         self._sessions: dict[str, tuple[int, float]] = {}  # session -> (user, forget at)
         self._users: dict[int, tuple[int, float]] = {}  # user -> (before, forget at)
-        self._listener = ChannelListener(
-            self._bus, keys.revocations_channel(), self._on_payload
-        )
+        self._listener = self._cache.listener(lambda revocation: self._apply(revocation, ttl_s))
         self._resyncer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -110,47 +76,13 @@ class Revocations:
 
     async def revoke(self, revocation: Revocation) -> None:
         """Record a logout for every replica (this one included) and announce it."""
-        if revocation.session_id is not None:
-            key = self._keys.revoked_session(revocation.session_id)
-            value = str(revocation.user_id)
-        else:
-            key = self._keys.revoked_user(revocation.user_id)
-            value = str(revocation.before)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.set(key, value, ex=self._ttl_s)
-        pipe.publish(self._keys.revocations_channel(), revocation.encode())
-        await pipe.execute()
+        await self._cache.revoke(revocation, self._ttl_s)
         self._apply(revocation, self._ttl_s)
 
     async def resync(self) -> None:
-        """Re-read every revocation key (and its remaining TTL) from Redis."""
-        prefix_s = self._keys.revoked_session("")
-        prefix_u = self._keys.revoked_user(0)[:-1]
-        keys = [
-            raw.decode() if isinstance(raw, bytes) else str(raw)
-            async for raw in self._redis.scan_iter(
-                match=self._keys.revocations_pattern(), count=500
-            )
-        ]
-        if not keys:
-            return
-        # One round trip for every key (this runs on every replica every RESYNC_S).
-        pipe = self._redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.get(key)
-            pipe.ttl(key)
-        replies = await pipe.execute()
-        for key, value, ttl in zip(keys, replies[::2], replies[1::2], strict=True):
-            if value is None or ttl is None or int(ttl) <= 0:
-                continue
-            text = value.decode() if isinstance(value, bytes) else str(value)
-            if key.startswith(prefix_s):
-                revocation = Revocation(int(text), session_id=key[len(prefix_s) :])
-            elif key.startswith(prefix_u):
-                revocation = Revocation(int(key[len(prefix_u) :]), before=int(text))
-            else:
-                continue
-            self._apply(revocation, int(ttl))
+        """Re-read every revocation (and its remaining TTL) from Redis."""
+        for revocation, ttl_s in await self._cache.load_all():
+            self._apply(revocation, ttl_s)
 
     def _apply(self, revocation: Revocation, ttl_s: float) -> None:
         forget_at = time.monotonic() + ttl_s
@@ -172,11 +104,6 @@ class Revocations:
             del self._sessions[sid]
         for uid in [u for u, (_, at) in self._users.items() if at <= now]:
             del self._users[uid]
-
-    def _on_payload(self, payload: bytes) -> None:
-        revocation = Revocation.decode(payload)
-        if revocation is not None:
-            self._apply(revocation, self._ttl_s)
 
     async def _resync_forever(self) -> None:
         while True:

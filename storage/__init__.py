@@ -10,6 +10,8 @@ from storage.keys import Keys
 from storage.messages import MessageStore
 from storage.models import Checkpoint, Conversation, Membership, Message, RefreshToken, User
 from storage.redis import EmbeddedRedis, connect_redis, resolve_redis_url
+from storage.revocations import Revocation, RevocationCache
+from storage.shard_maps import ShardMapStore
 from storage.users import UserStore
 from storage.writer import GroupCommitWriter
 
@@ -33,7 +35,10 @@ __all__ = [
     "PresenceCache",
     "RateLimiter",
     "RefreshToken",
+    "Revocation",
+    "RevocationCache",
     "SeqCounter",
+    "ShardMapStore",
     "StoredMessage",
     "Subscriber",
     "ChannelListener",
