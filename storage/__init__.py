@@ -10,6 +10,7 @@ from storage.keys import Keys
 from storage.messages import MessageStore
 from storage.models import Checkpoint, Conversation, Membership, Message, RefreshToken, User
 from storage.redis import EmbeddedRedis, connect_redis, resolve_redis_url
+from storage.throttle import ThrottleCache
 from storage.users import UserStore
 from storage.writer import GroupCommitWriter
 
@@ -34,6 +35,7 @@ __all__ = [
     "RateLimiter",
     "RefreshToken",
     "SeqCounter",
+    "ThrottleCache",
     "StoredMessage",
     "Subscriber",
     "ChannelListener",
