@@ -16,7 +16,6 @@ from typing import Annotated, Any, Literal, get_args
 
 import pydantic_core
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -54,15 +53,11 @@ Role = Literal["owner", "admin", "member"]
 ConversationKind = Literal["direct", "group"]
 
 
-def _no_nul(text: str) -> str:
-    # PostgreSQL text cannot hold NUL (the insert failed: a 500); no name or id needs one.
-    if "\x00" in text:
-        raise ValueError("must not contain NUL characters")
-    return text
-
-
-# A string stored in a SQL text column.
-_SqlText = Annotated[str, AfterValidator(_no_nul)]
+# A string stored in a SQL text column: PostgreSQL text cannot hold NUL (the insert failed: a
+# 500), and no name or id needs one. A pattern, checked in pydantic's core: a Python validator
+# here cost 16% of a send frame's parse (3.5 us of 22).
+_NO_NUL = r"^[^\x00]*$"
+_SqlText = Annotated[str, Field(pattern=_NO_NUL)]
 _ClientMsgId = Annotated[_SqlText, Field(min_length=1, max_length=64)]
 _Username = Annotated[str, Field(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
 _Password = Annotated[str, Field(min_length=8, max_length=256)]
@@ -658,6 +653,8 @@ def plain_message(error: Mapping[str, Any]) -> str:
         return f"unknown frame type {tag!r}; expected one of {', '.join(_FRAME_TYPES)}"
     if kind == "extra_forbidden":
         return "unknown field"
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == _NO_NUL:
+        return "must not contain NUL characters"
     return safe_text(str(error.get("msg", "invalid value")))
 
 
