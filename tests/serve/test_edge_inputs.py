@@ -151,6 +151,18 @@ async def test_a_lone_surrogate_or_a_deep_frame_gets_an_error_frame(
     assert not sock.pushed or all(f["type"] == "error" for f in sock.pushed)
 
 
+async def test_a_text_frame_of_invalid_utf8_closes_1007(
+    http: httpx.AsyncClient, gateway: GatewayInfo
+) -> None:
+    # The one bad frame that may close a socket (RFC 6455 8.1, the WebSocket layer's own
+    # rule): documented in docs/protocol.md, and a close frame, never a silent drop.
+    alice = await make_account(http, "utf8")
+    sock, _ = await connect(gateway.ws_url, alice)
+    await sock.ws.send(b'{"type":"ping","id":"\xff"}', text=True)
+    await asyncio.wait_for(sock.closed.wait(), 20.0)
+    assert sock.close_code == 1007
+
+
 async def test_a_bad_hello_closes_4400_with_an_error_frame(gateway: GatewayInfo) -> None:
     for raw in (
         '{"type":"ping","id":"\\ud800"}',
