@@ -12,14 +12,21 @@ stays bounded by active senders.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
+from redis.exceptions import RedisError
+
 from storage.throttle import ThrottleCache
 from warbler.config import Settings
 from warbler.errors import ErrorCode, WarblerError
+
+logger = logging.getLogger(__name__)
+# What a Redis outage raises: the client's own errors, or the socket's.
+_REDIS_DOWN = (RedisError, OSError)
 
 
 class SendRateLimiter:
@@ -83,7 +90,10 @@ def _retry_after(seconds: float, what: str) -> WarblerError:
 
 class AbuseThrottle:
     """Login and registration limits over Redis counters (storage.ThrottleCache), shared by
-    every replica: failed logins per account and per address, registrations per address."""
+    every replica: failed logins per account and per address, registrations per address.
+
+    With Redis unreachable the limits fail open (logged): logins keep working, guarded by the
+    password check alone, rather than every login answering an error."""
 
     def __init__(self, cache: ThrottleCache, settings: Settings) -> None:
         self._cache = cache
@@ -100,27 +110,41 @@ class AbuseThrottle:
     async def check_login(self, username: str, address: str) -> None:
         """RATE_LIMITED (429) while the account or the address has too many recent failures."""
         keys = self._login_keys(username, address)
-        counts = await self._cache.peek([name for name, _ in keys])
+        try:
+            counts = await self._cache.peek([name for name, _ in keys])
+        except _REDIS_DOWN:
+            logger.warning("login throttle unavailable (Redis); not limiting", exc_info=True)
+            return
         for (_, limit), (count, left_s) in zip(keys, counts, strict=True):
             if count >= limit:
                 raise _retry_after(left_s, "failed logins")
 
     async def login_failed(self, username: str, address: str) -> None:
         """Count a failed login against the account and the address."""
-        for name, _ in self._login_keys(username, address):
-            await self._cache.hit(name, self._s.login_failure_window_s)
+        try:
+            for name, _ in self._login_keys(username, address):
+                await self._cache.hit(name, self._s.login_failure_window_s)
+        except _REDIS_DOWN:
+            logger.warning("login throttle unavailable (Redis); failure not counted")
 
     async def login_succeeded(self, username: str) -> None:
         """The account's failures are forgotten (its owner knows the password)."""
-        await self._cache.reset(f"login:acct:{username.lower()}")
+        try:
+            await self._cache.reset(f"login:acct:{username.lower()}")
+        except _REDIS_DOWN:
+            logger.warning("login throttle unavailable (Redis); failures not cleared")
 
     async def check_registration(self, address: str) -> None:
         """Count a registration from the address; RATE_LIMITED when over the limit."""
         limit = self._s.registrations_per_ip
         if limit <= 0 or address in self._exempt:
             return
-        count, left_s = await self._cache.hit(
-            f"register:ip:{address}", self._s.registration_window_s
-        )
+        try:
+            count, left_s = await self._cache.hit(
+                f"register:ip:{address}", self._s.registration_window_s
+            )
+        except _REDIS_DOWN:
+            logger.warning("registration throttle unavailable (Redis); not limiting")
+            return
         if count > limit:
             raise _retry_after(left_s, "registrations from this address")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 
+from serve.ingress import free_port
 from serve.ratelimit import AbuseThrottle, client_address
 from storage import Keys, ThrottleCache
 from warbler.config import Settings
@@ -70,3 +71,17 @@ def test_client_address_believes_only_trusted_proxies() -> None:
         == "198.51.100.4"
     )
     assert client_address(None, None, []) == "unknown"
+
+
+async def test_the_throttle_fails_open_when_redis_is_down(uid: str) -> None:
+    # A real client on a port nobody listens on: every command fails to connect.
+    dead = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=1.0)
+    try:
+        t = _throttle(dead, uid, login_failures_per_account=1, registrations_per_ip=1)
+        for _ in range(3):
+            await t.check_login("alice", "203.0.113.9")
+            await t.login_failed("alice", "203.0.113.9")
+            await t.check_registration("203.0.113.9")
+        await t.login_succeeded("alice")
+    finally:
+        await dead.aclose()
