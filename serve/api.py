@@ -11,7 +11,8 @@ from fastapi import APIRouter, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from serve.context import GatewayContext
-from serve.problems import install_problem_handlers
+from serve.middleware import EdgeLimits
+from serve.problems import install_problem_handlers, install_problem_openapi
 from serve.routes import auth, conversations, health, users, ws
 from warbler.protocol import API_PREFIX, PROTOCOL_VERSION
 
@@ -40,7 +41,15 @@ def create_api(ctx: GatewayContext) -> FastAPI:
         redoc_url=None,
     )
     app.state.ctx = ctx
+    s = ctx.settings
+    app.add_middleware(
+        EdgeLimits,
+        max_body=s.max_request_bytes,
+        max_url=s.max_url_bytes,
+        max_headers=s.max_header_bytes,
+    )
     install_problem_handlers(app)
+    install_problem_openapi(app)
     v1 = APIRouter(prefix=API_PREFIX)
     for router in (auth.router, users.router, conversations.router, ws.router):
         v1.include_router(router)

@@ -19,6 +19,7 @@ from serve.batching import CallCoalescer
 from serve.delivery.hub import DeliveryHub
 from serve.handlers.accounts import AccountsHandler
 from serve.handlers.chat import ChatHandler
+from serve.ratelimit import AbuseThrottle
 from serve.reload import FLUSH_S, ReloadCoordinator, serve_drain_probe
 from serve.revocations import Revocation, Revocations
 from serve.tokens import TokenSigner
@@ -28,6 +29,7 @@ from storage import (
     EventBus,
     Keys,
     PresenceCache,
+    ThrottleCache,
     UserStore,
     connect_redis,
 )
@@ -133,7 +135,11 @@ class GatewayContext:
             calls=calls,
             hub=hub,
             accounts=AccountsHandler(
-                UserStore(db), signer, settings.refresh_token_ttl_s, revocations
+                UserStore(db),
+                signer,
+                settings.refresh_token_ttl_s,
+                revocations,
+                AbuseThrottle(ThrottleCache(redis, keys), settings),
             ),
             chat=chat,
             reload=reload,

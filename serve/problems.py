@@ -5,16 +5,24 @@ error, every HTTP error Starlette raises (404, 405), and last anything unexpecte
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from warbler.errors import ErrorCode, WarblerError
-from warbler.protocol import PROBLEM_CONTENT_TYPE
+from warbler.protocol import (
+    PROBLEM_CONTENT_TYPE,
+    ProblemPublic,
+    plain_message,
+    safe_text,
+    summarize_errors,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +42,10 @@ _HTTP_CODES: dict[int, ErrorCode] = {
 
 def problem_response(exc: WarblerError, request: Request) -> Response:
     """The problem JSON response for an error raised while serving ``request``."""
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+    retry_ms = exc.details.get("retry_after_ms")
+    if exc.status in (429, 503) and isinstance(retry_ms, int):
+        headers["Retry-After"] = str(max(1, math.ceil(retry_ms / 1000)))
     return JSONResponse(
         exc.to_problem(instance=request.url.path),
         status_code=exc.status,
@@ -47,16 +58,18 @@ def validation_error(errors: list[Any]) -> WarblerError:
     """A VALIDATION WarblerError from pydantic/FastAPI error dicts, with a readable summary."""
     cleaned = [
         {
-            "loc": [str(p) for p in err.get("loc", ())],
-            "msg": str(err.get("msg", "")),
+            "loc": [safe_text(str(p))[:64] for p in err.get("loc", ())],
+            "msg": plain_message(err),
             "type": str(err.get("type", "")),
         }
         for err in errors
     ]
-    first = cleaned[0] if cleaned else {"loc": [], "msg": "invalid input"}
-    summary = f"{'.'.join(first['loc']) or 'request'}: {first['msg']}"
-    if len(cleaned) > 1:
-        summary += f" (and {len(cleaned) - 1} more)"
+    if any(err["type"] == "json_invalid" for err in cleaned):
+        # FastAPI says "body.1: JSON decode error"; the position is in details.
+        return WarblerError(
+            ErrorCode.VALIDATION, "the body is not valid JSON", details={"errors": cleaned}
+        )
+    summary = summarize_errors(cleaned, default_loc="request")
     return WarblerError(ErrorCode.VALIDATION, summary, details={"errors": cleaned})
 
 
@@ -85,6 +98,78 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     logger.error("unexpected error serving %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(WarblerError(ErrorCode.INTERNAL, "internal server error"), request)
+
+
+_DESCRIPTIONS: dict[int, str] = {
+    400: "Bad request (malformed input)",
+    401: "No valid access token (or wrong credentials)",
+    403: "Not allowed (not a member, or not an admin)",
+    404: "No such thing (or not visible to the caller)",
+    409: "Conflict (the name is taken, ...)",
+    413: "Request body too large",
+    414: "URL too long",
+    422: "Validation error",
+    429: "Too many attempts: retry after the Retry-After header's seconds",
+    431: "Request headers too large",
+    503: "A dependency is unavailable: retry",
+}
+# Any route can answer these: the edge limits (serve.middleware) and input validation.
+_EVERY_ROUTE = (400, 413, 414, 422, 431)
+_PROBLEM_REF = "#/components/schemas/ProblemPublic"
+_FASTAPI_VALIDATION_REF = "#/components/schemas/HTTPValidationError"
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for a router or route: each status answers problem JSON (the
+    content type is set to application/problem+json by ``install_problem_openapi``)."""
+    return {s: {"model": ProblemPublic, "description": _DESCRIPTIONS[s]} for s in statuses}
+
+
+def _problem_content() -> dict[str, Any]:
+    return {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": _PROBLEM_REF}}}
+
+
+def _declare_problems(schema: dict[str, Any]) -> None:
+    # FastAPI files every response model under application/json and adds its own 422
+    # (HTTPValidationError); ours are problem JSON, on every route.
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            responses: dict[str, Any] = operation.setdefault("responses", {})
+            for code in _EVERY_ROUTE:
+                responses.setdefault(str(code), {"description": _DESCRIPTIONS[code]})
+            for status, response in responses.items():
+                content = response.get("content", {})
+                ref = content.get("application/json", {}).get("schema", {}).get("$ref")
+                is_error = status.isdigit() and int(status) >= 400
+                if ref in (_PROBLEM_REF, _FASTAPI_VALIDATION_REF) or (is_error and not content):
+                    response["content"] = _problem_content()
+                    if ref == _FASTAPI_VALIDATION_REF:
+                        response["description"] = _DESCRIPTIONS[422]
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    if "ProblemPublic" not in components:
+        problem = ProblemPublic.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(problem.pop("$defs", {}))
+        components["ProblemPublic"] = problem
+
+
+def install_problem_openapi(app: FastAPI) -> None:
+    """Make the app's OpenAPI declare problem JSON (application/problem+json) for its errors."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            _declare_problems(schema)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def install_problem_handlers(app: FastAPI) -> None:

@@ -72,7 +72,9 @@ class TokenSigner:
     def verify_access(self, token: str, *, now: float | None = None) -> AccessClaims:
         """The claims of a valid token; UNAUTHENTICATED if forged or malformed, TOKEN_EXPIRED
         if its time has passed."""
-        if len(token) > _MAX_TOKEN_LEN:
+        # Tokens are ASCII: anything else (a header holding "\xe9") is refused before it
+        # reaches hmac.compare_digest, which raises TypeError on non-ASCII str (was a 500).
+        if len(token) > _MAX_TOKEN_LEN or not token.isascii():
             raise WarblerError(ErrorCode.UNAUTHENTICATED, "malformed access token")
         parts = token.split(".")
         if len(parts) != 3 or parts[0] != _VERSION:
@@ -101,7 +103,7 @@ class TokenSigner:
     def unwrap_refresh(self, token: str) -> str:
         """The RefreshToken row id inside a refresh-token string; UNAUTHENTICATED if forged."""
         token_id, sep, sig = token.rpartition(".")
-        if not sep or not token_id:
+        if not sep or not token_id or not token.isascii():
             raise WarblerError(ErrorCode.UNAUTHENTICATED, "malformed refresh token")
         if not hmac.compare_digest(self._sign("refresh:" + token_id), sig):
             raise WarblerError(ErrorCode.UNAUTHENTICATED, "invalid refresh token")

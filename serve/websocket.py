@@ -49,6 +49,7 @@ from warbler.protocol import (
     TypingFrame,
     dump_frame,
     parse_client_frame,
+    safe_text,
 )
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,14 @@ class SocketSession:
         """Serve the socket until the client or the server closes it."""
         ws = self._ws
         await ws.accept()
-        hello = await self._handshake()
+        try:
+            hello = await self._handshake()
+        except Exception as exc:
+            # Whatever goes wrong, the client gets an error frame and a close code, never a
+            # socket dropped with no close frame.
+            logger.exception("hello failed")
+            await self._fail(exc, None, CloseCode.INTERNAL)
+            return
         if hello is None:
             return
         frame, claims = hello
@@ -206,25 +214,31 @@ class SocketSession:
                 return
             if text is None:
                 return
-            if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
-                too_large = WarblerError(
-                    ErrorCode.TOO_LARGE, f"frames are limited to {limit} bytes"
-                )
-                conn.send(_error(too_large, None))
-                continue
             try:
-                frame = parse_client_frame(text)
-            except WarblerError as exc:
-                conn.send(_error(exc, exc.details.get("request_id")))
-                continue
-            if isinstance(frame, PingFrame):
-                conn.send(dump_frame(PongFrame(id=frame.id, server_time=datetime.now(UTC))))
-                continue
-            if len(self._tasks) >= MAX_IN_FLIGHT:
-                busy = WarblerError(ErrorCode.RATE_LIMITED, "too many requests in flight")
-                conn.send(_error(busy, frame.id))
-                continue
-            self._spawn(self._handle(conn, frame))
+                self._on_frame(conn, text, limit)
+            except Exception:
+                # A frame nothing above foresaw: answer it and keep the socket.
+                logger.exception("a frame of user %s failed", conn.user_id)
+                conn.send(_error(WarblerError(ErrorCode.INTERNAL, "internal error"), None))
+
+    def _on_frame(self, conn: Connection, text: str, limit: int) -> None:
+        if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
+            too_large = WarblerError(ErrorCode.TOO_LARGE, f"frames are limited to {limit} bytes")
+            conn.send(_error(too_large, None))
+            return
+        try:
+            frame = parse_client_frame(text)
+        except WarblerError as exc:
+            conn.send(_error(exc, exc.details.get("request_id")))
+            return
+        if isinstance(frame, PingFrame):
+            conn.send(dump_frame(PongFrame(id=frame.id, server_time=datetime.now(UTC))))
+            return
+        if len(self._tasks) >= MAX_IN_FLIGHT:
+            busy = WarblerError(ErrorCode.RATE_LIMITED, "too many requests in flight")
+            conn.send(_error(busy, frame.id))
+            return
+        self._spawn(self._handle(conn, frame))
 
     async def _handle(self, conn: Connection, frame: ClientFrame) -> None:
         try:
@@ -355,7 +369,9 @@ class SocketSession:
         rid = request_id if isinstance(request_id, str | int) else None
         with contextlib.suppress(Exception):
             await self._ws.send_text(_error(error, rid))
-        await self._close(code, error.message[:120])
+        # A close reason is at most 123 bytes of UTF-8.
+        reason = safe_text(error.message).encode()[:120].decode("utf-8", "ignore")
+        await self._close(code, reason)
 
     async def _close(self, code: int, reason: str) -> None:
         if self._ws.application_state == WebSocketState.CONNECTED:

@@ -12,6 +12,7 @@ from storage.models import Checkpoint, Conversation, Membership, Message, Refres
 from storage.redis import EmbeddedRedis, connect_redis, resolve_redis_url
 from storage.revocations import Revocation, RevocationCache
 from storage.shard_maps import ShardMapStore
+from storage.throttle import ThrottleCache
 from storage.users import UserStore
 from storage.writer import GroupCommitWriter
 
@@ -39,6 +40,7 @@ __all__ = [
     "RevocationCache",
     "SeqCounter",
     "ShardMapStore",
+    "ThrottleCache",
     "StoredMessage",
     "Subscriber",
     "ChannelListener",

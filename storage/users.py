@@ -6,7 +6,7 @@ import secrets
 from collections.abc import Iterable
 from datetime import timedelta
 
-from sqlalchemy import update
+from sqlalchemy import or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
@@ -16,6 +16,16 @@ from storage.types import utcnow
 from warbler.errors import ErrorCode, WarblerError
 
 _SEARCH_LIMIT_MAX = 100
+# A refresh token id is "<family>~<random>": the family is shared by every token rotated from
+# one login, so a reused (stolen) token can revoke the whole chain with one prefix match and no
+# extra column. Ids without "~" (issued before families) are a family of their own.
+_FAMILY_SEP = "~"
+
+
+def token_family(token_id: str) -> str:
+    """The family (login chain) of a refresh token id."""
+    family, sep, _ = token_id.partition(_FAMILY_SEP)
+    return family if sep else token_id
 
 
 def _check_username(username: str) -> None:
@@ -104,13 +114,17 @@ class UserStore:
             await session.commit()
             return user
 
-    async def create_refresh_token(self, user_id: int, ttl_s: int) -> RefreshToken:
-        """A new random refresh token for ``user_id`` valid for ``ttl_s`` seconds."""
+    async def create_refresh_token(
+        self, user_id: int, ttl_s: int, family: str | None = None
+    ) -> RefreshToken:
+        """A new random refresh token for ``user_id`` valid for ``ttl_s`` seconds, in
+        ``family`` (a rotation) or a new family (a login)."""
         if ttl_s <= 0:
             raise WarblerError(ErrorCode.VALIDATION, "refresh token ttl must be positive")
         now = utcnow()
+        family = family or secrets.token_urlsafe(12)
         token = RefreshToken(
-            id=secrets.token_urlsafe(32),
+            id=f"{family}{_FAMILY_SEP}{secrets.token_urlsafe(24)}",
             user_id=user_id,
             expires_at=now + timedelta(seconds=ttl_s),
             created_at=now,
@@ -139,6 +153,36 @@ class UserStore:
             )
             await session.commit()
             return bool(result.rowcount)
+
+    async def revoke_token_family(self, token_id: str, recent_s: float) -> list[str]:
+        """Revoke every token of ``token_id``'s family (the login chain it was rotated in).
+        Returns the ids whose access tokens may still live: those not revoked before this
+        call, or revoked less than ``recent_s`` seconds ago (access tokens outlive their
+        refresh token's rotation by up to their own lifetime)."""
+        family = token_family(token_id)
+        in_family = or_(
+            col(RefreshToken.id) == family,
+            col(RefreshToken.id).like(escape_like(family + _FAMILY_SEP) + "%", escape="\\"),
+        )
+        since = utcnow() - timedelta(seconds=recent_s)
+        async with self._db.session() as session:
+            result = await session.exec(
+                select(RefreshToken.id).where(
+                    in_family,
+                    or_(
+                        col(RefreshToken.revoked_at).is_(None),
+                        col(RefreshToken.revoked_at) > since,
+                    ),
+                )
+            )
+            ids = [str(token_id) for token_id in result.all()]
+            await session.exec(
+                update(RefreshToken)
+                .where(in_family, col(RefreshToken.revoked_at).is_(None))
+                .values(revoked_at=utcnow())
+            )
+            await session.commit()
+        return ids
 
     async def live_refresh_token_ids(self, user_id: int) -> list[str]:
         """Ids of the user's refresh tokens not revoked (expired ones included: their access

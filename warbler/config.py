@@ -87,6 +87,26 @@ class Settings(BaseSettings):
     send_rate_per_s: float = 50.0
     send_burst: int = 200
     history_page_max: int = 500
+    # The edge (serve.middleware): refused before any parsing, as problem JSON. 64 KiB holds
+    # the largest valid body (a 16 KiB message escaped as \uXXXX, a 1,000-member group).
+    # URL and header caps sit below HAProxy's own (~15 KiB with Serve's 16 KiB tune.bufsize),
+    # whose refusal is an HTML page.
+    max_request_bytes: int = 64 * 1024
+    max_url_bytes: int = 8 * 1024
+    max_header_bytes: int = 12 * 1024
+    # Abuse limits (Redis counters, shared by every replica: storage.throttle). Failed logins
+    # per account and per client address within the window; registrations per address within
+    # theirs. Addresses in throttle_exempt_ips (loopback: the laptop, the load generator) are
+    # not limited per address. 0 turns a limit off.
+    login_failures_per_account: int = 10
+    login_failures_per_ip: int = 100
+    login_failure_window_s: float = 300.0
+    registrations_per_ip: int = 20
+    registration_window_s: float = 3600.0
+    throttle_exempt_ips: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    # Forwarded client addresses (X-Forwarded-For) are believed only from these peers (a load
+    # balancer in front of the cluster); Serve's HAProxy does not add the header.
+    trusted_proxies: list[str] = Field(default_factory=list)
 
     # Batching between gateways and hosts.
     batch_window_ms: float = 1.0

@@ -11,10 +11,12 @@ import time
 from datetime import UTC, datetime
 
 from serve.passwords import hash_password, verify_password
+from serve.ratelimit import AbuseThrottle
 from serve.revocations import Revocation, Revocations
 from serve.tokens import AccessClaims, TokenSigner
 from storage import UserStore
 from storage.models import User
+from storage.users import token_family
 from warbler.errors import ErrorCode, WarblerError
 from warbler.protocol import TokenPublic, UserCreate, UserPublic
 
@@ -40,11 +42,13 @@ class AccountsHandler:
         signer: TokenSigner,
         refresh_ttl_s: int,
         revocations: Revocations | None = None,
+        throttle: AbuseThrottle | None = None,
     ) -> None:
         self._users = users
         self._signer = signer
         self._refresh_ttl_s = refresh_ttl_s
         self._revocations = revocations
+        self._throttle = throttle
 
     def authenticate(self, token: str | None) -> AccessClaims:
         """The claims of a valid access token of a session not logged out; UNAUTHENTICATED /
@@ -56,8 +60,11 @@ class AccountsHandler:
             raise WarblerError(ErrorCode.UNAUTHENTICATED, "this session was logged out")
         return claims
 
-    async def register(self, body: UserCreate) -> UserPublic:
-        """Create an account (USERNAME_TAKEN if the name exists)."""
+    async def register(self, body: UserCreate, address: str = "unknown") -> UserPublic:
+        """Create an account (USERNAME_TAKEN if the name exists; RATE_LIMITED after too many
+        registrations from the client's address)."""
+        if self._throttle is not None:
+            await self._throttle.check_registration(address)
         password_hash = await hash_password(body.password)
         user = await self._users.create_user(
             body.username, password_hash, body.display_name or body.username
@@ -65,29 +72,56 @@ class AccountsHandler:
         logger.info("registered user %s (%s)", user.id, user.username)
         return user_public(user)
 
-    async def login(self, username: str, password: str) -> TokenPublic:
+    async def login(self, username: str, password: str, address: str = "unknown") -> TokenPublic:
         """A fresh token pair for valid credentials; UNAUTHENTICATED otherwise (one message
-        for an unknown user and a wrong password, so names cannot be probed)."""
+        for an unknown user and a wrong password, so names cannot be probed). RATE_LIMITED
+        while the account or the address has too many recent failures (checked before the
+        password, so a locked account cannot be probed either)."""
+        if self._throttle is not None:
+            await self._throttle.check_login(username, address)
         user = await self._users.get_user_by_username(username)
         ok = await verify_password(user.password_hash if user else None, password)
         if user is None or not ok:
+            if self._throttle is not None:
+                await self._throttle.login_failed(username, address)
             raise WarblerError(ErrorCode.UNAUTHENTICATED, "wrong username or password")
+        if self._throttle is not None:
+            await self._throttle.login_succeeded(username)
         return await self._issue(user)
 
     async def refresh(self, refresh_token: str) -> TokenPublic:
-        """Rotate: revoke the presented refresh token and issue a new pair."""
+        """Rotate: revoke the presented refresh token and issue a new pair in its family.
+
+        A token presented again after its rotation means two parties hold it (one stole it):
+        the whole family (every token rotated from that login) is revoked and the access
+        tokens of its sessions die at once, so neither party keeps the session."""
         token_id = self._signer.unwrap_refresh(refresh_token)
         row = await self._users.get_refresh_token(token_id)
         now = datetime.now(UTC)
-        if row is None or row.revoked_at is not None or row.expires_at <= now:
+        if row is None or row.expires_at <= now:
             raise WarblerError(ErrorCode.UNAUTHENTICATED, "the refresh token is not valid")
         # Revoke first: of two concurrent refreshes with one token only the first wins.
-        if not await self._users.revoke_refresh_token(token_id):
-            raise WarblerError(ErrorCode.UNAUTHENTICATED, "the refresh token is not valid")
+        if row.revoked_at is not None or not await self._users.revoke_refresh_token(token_id):
+            await self._revoke_family(row.user_id, token_id)
+            raise WarblerError(
+                ErrorCode.UNAUTHENTICATED,
+                "the refresh token was already used; its login session is revoked",
+            )
         user = await self._users.get_user(row.user_id)
         if user is None:
             raise WarblerError(ErrorCode.UNAUTHENTICATED, "the account no longer exists")
-        return await self._issue(user)
+        return await self._issue(user, family=token_family(token_id))
+
+    async def _revoke_family(self, user_id: int, token_id: str) -> None:
+        sessions = await self._users.revoke_token_family(token_id, self._signer.access_ttl_s)
+        logger.warning(
+            "refresh token reuse for user %s: %d sessions of its family revoked",
+            user_id,
+            len(sessions),
+        )
+        if self._revocations is not None:
+            for sid in {*sessions, token_id}:
+                await self._revocations.revoke(Revocation(user_id, session_id=sid))
 
     async def logout(
         self, claims: AccessClaims, refresh_token: str | None, all_devices: bool
@@ -135,8 +169,8 @@ class AccountsHandler:
         """Users whose username starts with prefix."""
         return [user_public(u) for u in await self._users.search_users(prefix, limit)]
 
-    async def _issue(self, user: User) -> TokenPublic:
-        row = await self._users.create_refresh_token(user.id, self._refresh_ttl_s)
+    async def _issue(self, user: User, family: str | None = None) -> TokenPublic:
+        row = await self._users.create_refresh_token(user.id, self._refresh_ttl_s, family)
         return TokenPublic(
             access_token=self._signer.issue_access(user.id, row.id),
             refresh_token=self._signer.wrap_refresh(row.id),

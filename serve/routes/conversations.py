@@ -7,6 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from serve.deps import Caller, Ctx
+from serve.problems import problems
+from serve.routes.params import ConversationId, SeqQuery, UserId
 from warbler.protocol import (
     AckPublic,
     ConversationPublic,
@@ -17,21 +19,12 @@ from warbler.protocol import (
     MembersCreate,
     MessageCreate,
     MessagePagePublic,
-    ProblemPublic,
     ReadCreate,
     ReceiptPublic,
     RoleUpdate,
 )
 
-router = APIRouter(
-    tags=["conversations"],
-    responses={
-        401: {"model": ProblemPublic},
-        403: {"model": ProblemPublic},
-        404: {"model": ProblemPublic},
-        422: {"model": ProblemPublic},
-    },
-)
+router = APIRouter(tags=["conversations"], responses=problems(401, 403, 404, 409, 429, 503))
 
 
 @router.get("/conversations")
@@ -53,14 +46,16 @@ async def open_direct(body: DirectCreate, ctx: Ctx, caller: Caller) -> Conversat
 
 
 @router.get("/conversations/{conversation_id}")
-async def get_conversation(conversation_id: int, ctx: Ctx, caller: Caller) -> ConversationPublic:
+async def get_conversation(
+    conversation_id: ConversationId, ctx: Ctx, caller: Caller
+) -> ConversationPublic:
     """A conversation with its members (members only)."""
     return await ctx.chat.get_conversation(caller.user_id, conversation_id)
 
 
 @router.patch("/conversations/{conversation_id}")
 async def rename(
-    conversation_id: int, body: ConversationUpdate, ctx: Ctx, caller: Caller
+    conversation_id: ConversationId, body: ConversationUpdate, ctx: Ctx, caller: Caller
 ) -> ConversationPublic:
     """Rename a group (owner or admin)."""
     return await ctx.chat.rename(caller.user_id, conversation_id, body.title)
@@ -68,7 +63,7 @@ async def rename(
 
 @router.post("/conversations/{conversation_id}/members")
 async def add_members(
-    conversation_id: int, body: MembersCreate, ctx: Ctx, caller: Caller
+    conversation_id: ConversationId, body: MembersCreate, ctx: Ctx, caller: Caller
 ) -> ConversationPublic:
     """Add users to a group (owner or admin)."""
     return await ctx.chat.add_members(caller.user_id, conversation_id, body.user_ids, body.role)
@@ -78,32 +73,34 @@ async def add_members(
     "/conversations/{conversation_id}/members/{user_id}",
     status_code=status.HTTP_204_NO_CONTENT,
 )
-async def remove_member(conversation_id: int, user_id: int, ctx: Ctx, caller: Caller) -> None:
+async def remove_member(
+    conversation_id: ConversationId, user_id: UserId, ctx: Ctx, caller: Caller
+) -> None:
     """Remove a member (removing yourself is leaving)."""
     await ctx.chat.remove_member(caller.user_id, conversation_id, user_id)
 
 
 @router.put("/conversations/{conversation_id}/members/{user_id}/role")
 async def set_role(
-    conversation_id: int, user_id: int, body: RoleUpdate, ctx: Ctx, caller: Caller
+    conversation_id: ConversationId, user_id: UserId, body: RoleUpdate, ctx: Ctx, caller: Caller
 ) -> ConversationPublic:
     """Change a member's role (owner only; "owner" hands ownership over)."""
     return await ctx.chat.set_role(caller.user_id, conversation_id, user_id, body.role)
 
 
 @router.post("/conversations/{conversation_id}/leave", status_code=status.HTTP_204_NO_CONTENT)
-async def leave(conversation_id: int, ctx: Ctx, caller: Caller) -> None:
+async def leave(conversation_id: ConversationId, ctx: Ctx, caller: Caller) -> None:
     """Leave a group."""
     await ctx.chat.leave(caller.user_id, conversation_id)
 
 
 @router.get("/conversations/{conversation_id}/messages")
 async def history(
-    conversation_id: int,
+    conversation_id: ConversationId,
     ctx: Ctx,
     caller: Caller,
-    after_seq: Annotated[int | None, Query(ge=0)] = None,
-    before_seq: Annotated[int | None, Query(ge=0)] = None,
+    after_seq: SeqQuery = None,
+    before_seq: SeqQuery = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> MessagePagePublic:
     """A page of the log: after_seq pages forwards, before_seq backwards, neither = newest."""
@@ -114,7 +111,7 @@ async def history(
 
 @router.post("/conversations/{conversation_id}/read")
 async def mark_read(
-    conversation_id: int, body: ReadCreate, ctx: Ctx, caller: Caller
+    conversation_id: ConversationId, body: ReadCreate, ctx: Ctx, caller: Caller
 ) -> ReceiptPublic:
     """Mark everything up to seq read."""
     return await ctx.chat.mark_read(caller.user_id, conversation_id, body.seq)

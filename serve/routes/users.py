@@ -7,10 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from serve.deps import Caller, Ctx
+from serve.problems import problems
+from serve.routes.params import UserId
 from warbler.errors import ErrorCode, WarblerError
-from warbler.protocol import PresencePublic, ProblemPublic, UserPublic, UserUpdate
+from warbler.protocol import INT64_MAX, PresencePublic, UserPublic, UserUpdate
 
-router = APIRouter(tags=["users"], responses={401: {"model": ProblemPublic}})
+router = APIRouter(tags=["users"], responses=problems(401, 503))
 
 _MAX_IDS = 1000
 
@@ -20,7 +22,7 @@ def _parse_ids(text: str) -> list[int]:
         ids = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise WarblerError(ErrorCode.VALIDATION, "ids must be comma-separated integers") from None
-    if not ids or len(ids) > _MAX_IDS or min(ids) < 1:
+    if not ids or len(ids) > _MAX_IDS or min(ids) < 1 or max(ids) > INT64_MAX:
         raise WarblerError(ErrorCode.VALIDATION, f"give 1-{_MAX_IDS} positive ids")
     return ids
 
@@ -37,8 +39,8 @@ async def update_me(body: UserUpdate, ctx: Ctx, caller: Caller) -> UserPublic:
     return await ctx.accounts.set_display_name(caller.user_id, body.display_name)
 
 
-@router.get("/users/{user_id}", responses={404: {"model": ProblemPublic}})
-async def get_user(user_id: int, ctx: Ctx, caller: Caller) -> UserPublic:
+@router.get("/users/{user_id}", responses=problems(404))
+async def get_user(user_id: UserId, ctx: Ctx, caller: Caller) -> UserPublic:
     """One user by id."""
     return await ctx.accounts.get_user(user_id)
 
@@ -47,7 +49,7 @@ async def get_user(user_id: int, ctx: Ctx, caller: Caller) -> UserPublic:
 async def find_users(
     ctx: Ctx,
     caller: Caller,
-    prefix: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    prefix: Annotated[str | None, Query(min_length=1, max_length=64, pattern=r"^[^\x00]+$")] = None,
     ids: Annotated[str | None, Query(description="comma-separated user ids")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> list[UserPublic]:
