@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -195,10 +196,15 @@ def up(
             ray_token_path=str(token_path) if token_path else None,
         )
         state.save()
+        if embedded is not None:
+            # Our supervisor respawned the embedded Redis: `warbler down` must stop the new one.
+            embedded.on_restart = partial(_redis_restarted, state)
         _deploy(settings, address)
         _wait_ready(http_url)
     except BaseException:
         typer.echo("warbler up failed; stopping what it started", err=True)
+        if embedded is not None:
+            embedded.stop_supervising()
         current = UpState.load(data_dir)
         if current is not None:
             _stop(current)
@@ -213,7 +219,14 @@ def up(
         return
     _wait_for_interrupt(head_pid)
     typer.echo("stopping…")
+    if embedded is not None:
+        embedded.stop_supervising()
     _stop(state)
+
+
+def _redis_restarted(state: UpState, pid: int) -> None:
+    state.redis_pid = pid
+    state.save()
 
 
 def _deploy(settings: Settings, address: str) -> None:

@@ -8,8 +8,9 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import redis as sync_redis
@@ -23,6 +24,8 @@ logger = logging.getLogger(__name__)
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 _MAX_SOCKET_PATH = 107
 _START_TIMEOUT_S = 10.0
+# How often the supervisor looks at the server's pid (a dead server is respawned within this).
+SUPERVISE_INTERVAL_S = 0.2
 
 
 REDIS_POOL_SIZE = 256
@@ -61,6 +64,12 @@ class EmbeddedRedis:
 
     ``start()`` reuses a live server another process started on the same dir (pidfile + PING),
     under a file lock so two processes starting at once end up with one server.
+
+    The process that started the server supervises it: a thread respawns it on the same socket
+    path when it dies (kill -9, OOM), within ``SUPERVISE_INTERVAL_S`` plus its start time.
+    Processes that reuse it only reconnect (redis-py does, on their next command). The server
+    keeps an append-only file (fsync every second), so a respawned server still holds the
+    shard map, revocations and checkpoints it had up to a second before it died.
     """
 
     def __init__(self, data_dir: Path) -> None:
@@ -68,14 +77,20 @@ class EmbeddedRedis:
         self.socket_path = self.data_dir / "redis.sock"
         self.pidfile = self.data_dir / "redis.pid"
         self.started = False  # True when this object started the server (and so may stop it)
+        self.restarts = 0
+        # Called from the supervisor thread with the new pid after each respawn.
+        self.on_restart: Callable[[int], None] | None = None
+        self._stop_supervising = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         """The ``unix://`` URL of the server."""
         return f"unix://{self.socket_path}"
 
-    def start(self) -> str:
-        """Start the server, or reuse a live one; returns its URL."""
+    def start(self, *, supervise: bool = True) -> str:
+        """Start the server, or reuse a live one; returns its URL. A server this call started
+        is supervised (respawned when it dies) unless ``supervise`` is False."""
         if len(str(self.socket_path)) > _MAX_SOCKET_PATH:
             raise WarblerError(
                 ErrorCode.CONFIG,
@@ -89,10 +104,24 @@ class EmbeddedRedis:
             self._spawn()
         self.started = True
         logger.info("started embedded Redis at %s (pid %s)", self.url, self.pid())
+        if supervise:
+            self._stop_supervising.clear()
+            self._supervisor = threading.Thread(
+                target=self._supervise, name="embedded-redis-supervisor", daemon=True
+            )
+            self._supervisor.start()
         return self.url
+
+    def stop_supervising(self) -> None:
+        """Stop respawning the server (before another object stops it: ``warbler down``)."""
+        self._stop_supervising.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=_START_TIMEOUT_S)
+            self._supervisor = None
 
     def stop(self) -> None:
         """Stop the server if this object started it (a reused server is left running)."""
+        self.stop_supervising()
         if not self.started:
             return
         self.started = False
@@ -109,6 +138,39 @@ class EmbeddedRedis:
             return int(self.pidfile.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
+
+    def _supervise(self) -> None:
+        failing = False
+        while not self._stop_supervising.wait(SUPERVISE_INTERVAL_S):
+            pid = self.pid()
+            # Only a dead process counts: a PING can be slow on a loaded machine, and
+            # respawning under a live server would take its socket away.
+            if pid is not None and process_alive(pid):
+                continue
+            if not self.data_dir.is_dir():
+                logger.warning("%s is gone; no longer supervising the embedded Redis",
+                               self.data_dir)
+                return
+            try:
+                with self._start_lock():
+                    if self._stop_supervising.is_set() or self._alive():
+                        continue
+                    logger.warning("embedded Redis (pid %s) died; restarting it", pid)
+                    self._spawn()
+            except Exception:
+                if not failing:
+                    logger.exception("cannot restart the embedded Redis; retrying")
+                failing = True
+                continue
+            failing = False
+            self.restarts += 1
+            new_pid = self.pid()
+            logger.warning("embedded Redis restarted (pid %s)", new_pid)
+            if self.on_restart is not None and new_pid is not None:
+                try:
+                    self.on_restart(new_pid)
+                except Exception:
+                    logger.exception("the embedded Redis restart callback failed")
 
     def _alive(self) -> bool:
         pid = self.pid()
@@ -136,10 +198,14 @@ class EmbeddedRedis:
                     f"pidfile {self.pidfile}",
                     f"dir {self.data_dir}",
                     f"logfile {self.data_dir / 'redis.log'}",
-                    # Nothing in Redis is the only copy of anything (SQL is the source of
-                    # truth), so no snapshots: shutdown never blocks on a failed final save.
+                    # Nothing in Redis is the only copy of an acked message (SQL is), so no
+                    # snapshots (shutdown never blocks on a failed final save). An append-only
+                    # file, though: a server respawned after a kill -9 still has the shard map,
+                    # the revocations and the hot checkpoints (up to the last second).
                     'save ""',
-                    "appendonly no",
+                    "appendonly yes",
+                    "appendfsync everysec",
+                    "appendfilename redis.aof",
                     "",
                 ]
             )
