@@ -19,7 +19,6 @@ import signal
 import threading
 import time
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -196,9 +195,6 @@ def up(
             ray_token_path=str(token_path) if token_path else None,
         )
         state.save()
-        if embedded is not None:
-            # Our supervisor respawned the embedded Redis: `warbler down` must stop the new one.
-            embedded.on_restart = partial(_redis_restarted, state)
         _deploy(settings, address)
         _wait_ready(http_url)
     except BaseException:
@@ -215,6 +211,8 @@ def up(
     if detach:
         import ray
 
+        if embedded is not None and embedded.started:
+            embedded.supervise_detached()  # this process leaves; the Redis stays supervised
         ray.shutdown()  # disconnect this driver; the cluster keeps running
         return
     _wait_for_interrupt(head_pid)
@@ -222,11 +220,6 @@ def up(
     if embedded is not None:
         embedded.stop_supervising()
     _stop(state)
-
-
-def _redis_restarted(state: UpState, pid: int) -> None:
-    state.redis_pid = pid
-    state.save()
 
 
 def _deploy(settings: Settings, address: str) -> None:
@@ -305,7 +298,8 @@ def _stop(state: UpState) -> None:
         from storage import EmbeddedRedis
 
         embedded = EmbeddedRedis(Path(state.data_dir) / "redis")
-        if embedded.pid() == state.redis_pid:
+        # first_pid: the supervisor may have respawned it since (same server, new pid).
+        if state.redis_pid in (embedded.pid(), embedded.first_pid()):
             embedded.started = True  # we did start it: the state file says so
             embedded.stop()
     UpState.path(Path(state.data_dir)).unlink(missing_ok=True)

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -89,6 +90,10 @@ class EmbeddedRedis:
         self.data_dir = Path(data_dir).resolve()
         self.socket_path = self.data_dir / "redis.sock"
         self.pidfile = self.data_dir / "redis.pid"
+        # The pid of the server start() spawned, kept across respawns: who owns the server.
+        self.first_pidfile = self.data_dir / "redis.first-pid"
+        # A supervisor process of its own (supervise_detached), for a starter that leaves.
+        self.supervisor_pidfile = self.data_dir / "supervisor.pid"
         self.started = False  # True when this object started the server (and so may stop it)
         self.restarts = 0
         # Called from the supervisor thread with the new pid after each respawn.
@@ -115,6 +120,7 @@ class EmbeddedRedis:
                 logger.info("reusing embedded Redis at %s (pid %s)", self.url, self.pid())
                 return self.url
             self._spawn()
+            self.first_pidfile.write_text(str(self.pid()))
         self.started = True
         logger.info("started embedded Redis at %s (pid %s)", self.url, self.pid())
         if supervise:
@@ -126,11 +132,40 @@ class EmbeddedRedis:
         return self.url
 
     def stop_supervising(self) -> None:
-        """Stop respawning the server (before another object stops it: ``warbler down``)."""
+        """Stop respawning the server, in this process and in a detached supervisor."""
         self._stop_supervising.set()
         if self._supervisor is not None:
             self._supervisor.join(timeout=_START_TIMEOUT_S)
             self._supervisor = None
+        try:
+            supervisor = int(self.supervisor_pidfile.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return
+        terminate_process(supervisor, _START_TIMEOUT_S, what="embedded Redis supervisor")
+        self.supervisor_pidfile.unlink(missing_ok=True)
+
+    def supervise_detached(self) -> int:
+        """Hand the supervision to a process of its own (``python -m storage.redis DIR``) that
+        outlives this one (``warbler up --detach``); ``stop()`` from any process ends it.
+        Returns its pid."""
+        self.stop_supervising()
+        with open(self.data_dir / "supervisor.log", "ab") as log:
+            proc = subprocess.Popen(  # noqa: S603 (this interpreter, our own module)
+                [sys.executable, "-m", "storage.redis", str(self.data_dir)],
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        self.supervisor_pidfile.write_text(str(proc.pid))
+        return proc.pid
+
+    def first_pid(self) -> int | None:
+        """The pid of the server as first started (respawns keep it), or None."""
+        try:
+            return int(self.first_pidfile.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
 
     def stop(self) -> None:
         """Stop the server if this object started it (a reused server is left running)."""
@@ -142,7 +177,7 @@ class EmbeddedRedis:
         if pid is None:
             return
         terminate_process(pid, _START_TIMEOUT_S, what="embedded Redis")
-        for path in (self.socket_path, self.pidfile):
+        for path in (self.socket_path, self.pidfile, self.first_pidfile):
             path.unlink(missing_ok=True)
 
     def pid(self) -> int | None:
@@ -288,3 +323,17 @@ def resolve_redis_url(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
         return settings.redis_url, None
     embedded = EmbeddedRedis(settings.data_dir / "redis")
     return embedded.start(), embedded
+
+
+def _supervise_main(argv: list[str]) -> int:
+    """``python -m storage.redis DIR``: supervise the embedded Redis under DIR until SIGTERM
+    (or until DIR is removed)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    server = EmbeddedRedis(Path(argv[0]))
+    signal.signal(signal.SIGTERM, lambda *_: server._stop_supervising.set())
+    server._supervise()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_supervise_main(sys.argv[1:]))

@@ -224,3 +224,28 @@ def test_a_reusing_object_does_not_supervise(redis_dir: Path) -> None:
     finally:
         guest.stop()
         owner.started = False
+
+
+def test_a_detached_supervisor_outlives_its_starter(redis_dir: Path) -> None:
+    # `warbler up --detach` leaves: a process of its own keeps the server supervised, and a
+    # later `warbler down` (another object, another process) stops both.
+    server = EmbeddedRedis(redis_dir)
+    url = server.start()
+    supervisor = server.supervise_detached()
+    try:
+        assert process_alive(supervisor)
+        time.sleep(0.5)  # the child is up and looking
+        first = server.pid()
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        _wait(lambda: server.pid() not in (None, first) and _ping(url), "respawned detached")
+        assert server.first_pid() == first  # the owner's record survives the respawn
+        later = EmbeddedRedis(redis_dir)
+        later.started = True  # as `warbler down` does, from the state file
+        later.stop()
+        assert not process_alive(supervisor)
+        assert not _ping(url)
+    finally:
+        server.started = False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(supervisor, signal.SIGKILL)
