@@ -57,6 +57,9 @@ def connect_redis(url: str) -> aioredis.Redis:
         timeout=REDIS_POOL_WAIT_S,
         decode_responses=False,
         health_check_interval=30,
+        # A Redis that does not answer a connect is down: fail in seconds, not after the
+        # kernel's TCP timeout (about two minutes), so readiness and retries move on.
+        socket_connect_timeout=5.0,
         retry=Retry(ExponentialBackoff(cap=0.25, base=0.02), REDIS_RETRIES),
         retry_on_error=[RedisConnectionError],
     )
