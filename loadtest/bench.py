@@ -79,6 +79,8 @@ def parser() -> argparse.ArgumentParser:
                    "the bench starts for it (restart it)")
     p.add_argument("--redis-down-s", type=float, default=1.0,
                    help="chaos: seconds the restarted Redis server stays down")
+    p.add_argument("--chaos-rate", type=float, default=500.0,
+                   help="chaos: open-loop msgs/s over all pairs")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="py-spy the hosts and gateway replicas during throughput phases; "
                    "raw stacks go to DIR, a summary to the report")
@@ -110,6 +112,8 @@ def options_from(args: argparse.Namespace) -> ScaleOptions:
         bad.append("--rate")
     if args.redis_down_s < 0:
         bad.append("--redis-down-s")
+    if args.chaos_rate <= 0:
+        bad.append("--chaos-rate")
     if args.step <= EVENT_AT_S + 1:
         bad.append(f"--step (> {EVENT_AT_S + 1:g})")
     if not members or min(members) < 2 or max(members) > 1000:
@@ -120,6 +124,7 @@ def options_from(args: argparse.Namespace) -> ScaleOptions:
         faults=[f.strip() for f in str(args.faults).split(",") if f.strip()],
         chaos_redis=args.chaos_redis,
         redis_down_s=args.redis_down_s,
+        chaos_rate=args.chaos_rate,
         database_url=_cluster_database_url(args),
         workers=args.workers,
         duration_s=args.duration,
