@@ -9,13 +9,19 @@ from storage.events import EventBus
 
 logger = logging.getLogger(__name__)
 
+# How long a failed flush is retried before its events are dropped (a Redis restart takes
+# about a second; a message published late is still delivered, in order, by seq).
+RETRY_FOR_S = 10.0
+
 
 class Publisher:
     """Queues ``(channel, payload)`` pairs and flushes them with ``EventBus.publish_many``.
 
     One flush runs at a time and takes everything queued, so events leave in the order they
     were published (per conversation: seq order). Publishing is best effort, as the bus is:
-    a failed flush is logged and dropped; clients close gaps by seq from SQL.
+    a failed flush is retried (Redis restarting) for up to ``RETRY_FOR_S``, then logged and
+    dropped; gateways close gaps by seq from SQL (and read every tail after a lost pub/sub
+    connection), and a retried event they already have is a duplicate they skip.
     """
 
     def __init__(self, bus: EventBus) -> None:
@@ -42,12 +48,22 @@ class Publisher:
             await asyncio.sleep(0)
             while self._queue:
                 batch, self._queue = self._queue, []
-                try:
-                    await self._bus.publish_many(batch)
-                    self.published += len(batch)
-                    self.flushes += 1
-                except Exception:
-                    logger.exception("publishing %d events failed; dropped", len(batch))
+                give_up = asyncio.get_running_loop().time() + RETRY_FOR_S
+                delay = 0.05
+                while True:
+                    try:
+                        await self._bus.publish_many(batch)
+                        self.published += len(batch)
+                        self.flushes += 1
+                        break
+                    except Exception:
+                        if asyncio.get_running_loop().time() + delay > give_up:
+                            logger.exception("publishing %d events failed; dropped", len(batch))
+                            break
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 1.0)
+                        # Whatever was queued meanwhile goes out in the same retry, in order.
+                        batch, self._queue = batch + self._queue, []
         finally:
             self._task = None
 

@@ -216,6 +216,24 @@ class Runtime:
                         logger.warning("host %s is in the map but not running yet", name)
             self._map = current
 
+    def missing_hosts(self) -> list[str]:
+        """The hosts of the shard map this runtime has no handle on (not running yet, or
+        forgotten after a failed call until the next reload)."""
+        if self._map is None:
+            return []
+        return [name for name in self._map.all_hosts() if name not in self._handles]
+
+    async def restore_map(self) -> bool:
+        """Write the map this runtime routes by back to Redis if Redis lost it (a restart
+        without persistence): hosts that restart and replicas that start read it there.
+        Never overwrites a stored map. True if it was written."""
+        if self._map is None:
+            return False
+        restored = await self._directory.create(self._map)
+        if restored:
+            logger.warning("the shard map was missing from Redis; restored epoch %s", self.epoch)
+        return restored
+
     def _seen_epoch(self, epoch: int) -> None:
         # A host knows a newer map: reload in the background (once at a time).
         if epoch > self.epoch and self._refresh_task is None:

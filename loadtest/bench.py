@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from urllib.parse import urlsplit
 
 from loadtest.generator import raise_fd_limit
 from loadtest.report import Figures, ScenarioResult, json_line, render_table
-from loadtest.scenarios import SCENARIOS, BenchOptions, Scenario
+from loadtest.scenarios import SCENARIOS, BenchOptions, Scenario, chaos
 from loadtest.scenarios.scale import EVENT_AT_S, ScaleOptions
 from loadtest.servers import Target, relay_target, warbler_cluster, warbler_target_at
 from warbler.errors import ErrorCode, WarblerError
@@ -70,6 +71,16 @@ def parser() -> argparse.ArgumentParser:
                    help="scale: seconds of load per step (one scaling event each)")
     p.add_argument("--surge", type=int, default=1000,
                    help="scale: sockets opened at once while a replica is added")
+    p.add_argument("--faults", default=",".join(chaos.FAULTS),
+                   help="chaos: faults to inject, one phase each, comma-separated (those the "
+                   "cluster cannot take are skipped with a note)")
+    p.add_argument("--chaos-redis", choices=["embedded", "server"], default="embedded",
+                   help="chaos: the cluster's Redis: embedded (kill -9 it) or a redis-server "
+                   "the bench starts for it (restart it)")
+    p.add_argument("--redis-down-s", type=float, default=1.0,
+                   help="chaos: seconds the restarted Redis server stays down")
+    p.add_argument("--chaos-rate", type=float, default=500.0,
+                   help="chaos: open-loop msgs/s over all pairs")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="py-spy the hosts and gateway replicas during throughput phases; "
                    "raw stacks go to DIR, a summary to the report")
@@ -99,13 +110,22 @@ def options_from(args: argparse.Namespace) -> ScaleOptions:
         bad.append("--duration")
     if args.rate <= 0:
         bad.append("--rate")
+    if args.redis_down_s < 0:
+        bad.append("--redis-down-s")
+    if args.chaos_rate <= 0:
+        bad.append("--chaos-rate")
     if args.step <= EVENT_AT_S + 1:
         bad.append(f"--step (> {EVENT_AT_S + 1:g})")
     if not members or min(members) < 2 or max(members) > 1000:
         bad.append("--members (each 2-1000)")
     if bad:
         raise WarblerError(ErrorCode.VALIDATION, f"out of range: {', '.join(bad)}")
-    return ScaleOptions(
+    return chaos.ChaosOptions(
+        faults=[f.strip() for f in str(args.faults).split(",") if f.strip()],
+        chaos_redis=args.chaos_redis,
+        redis_down_s=args.redis_down_s,
+        chaos_rate=args.chaos_rate,
+        database_url=_cluster_database_url(args),
         workers=args.workers,
         duration_s=args.duration,
         pairs=args.pairs,
@@ -121,6 +141,15 @@ def options_from(args: argparse.Namespace) -> ScaleOptions:
         step_s=args.step,
         surge=args.surge,
     )
+
+
+def _cluster_database_url(args: argparse.Namespace) -> str | None:
+    for item in reversed(list[str](args.cluster_env)):
+        key, _, value = item.partition("=")
+        if key == "WARBLER_DATABASE_URL":
+            return value
+    found: str | None = os.environ.get("WARBLER_DATABASE_URL")
+    return found
 
 
 def scenario_names(args: argparse.Namespace) -> list[str]:
@@ -158,7 +187,11 @@ def warbler(args: argparse.Namespace) -> Iterator[Target]:
         target.data_dir = args.data_dir.resolve()
         yield target
         return
-    with warbler_cluster(args.data_dir.resolve(), cluster_env(args)) as target:
+    with contextlib.ExitStack() as stack:
+        env = cluster_env(args)
+        if "chaos" in scenario_names(args) and args.chaos_redis == "server":
+            env["WARBLER_REDIS_URL"] = stack.enter_context(chaos.redis_server())
+        target = stack.enter_context(warbler_cluster(args.data_dir.resolve(), env))
         yield target
 
 

@@ -52,6 +52,13 @@ def _close_revoked(hub: DeliveryHub, revocation: Revocation) -> None:
             conn.request_close(CloseCode.REVOKED)
 
 
+async def _restore_map(runtime: Runtime) -> None:
+    try:
+        await runtime.restore_map()
+    except Exception:
+        logger.warning("cannot restore the shard map", exc_info=True)
+
+
 def replica_name() -> str:
     """A short id for this replica (the Serve replica tag when inside Serve)."""
     try:
@@ -108,6 +115,9 @@ class GatewayContext:
             read_log=chat.read_log,
             load_conversations=chat.load_conversations,
             page_limit=settings.history_page_max,
+            # Redis came back, maybe empty (a server without persistence): put the shard map
+            # back, or restarted hosts and new replicas would find no map.
+            on_reconnect=partial(_restore_map, runtime),
         )
         await hub.start()
         signer = TokenSigner(settings.resolved_secret_key(), settings.access_token_ttl_s)

@@ -199,6 +199,8 @@ def up(
         _wait_ready(http_url)
     except BaseException:
         typer.echo("warbler up failed; stopping what it started", err=True)
+        if embedded is not None:
+            embedded.stop_supervising()
         current = UpState.load(data_dir)
         if current is not None:
             _stop(current)
@@ -209,10 +211,14 @@ def up(
     if detach:
         import ray
 
+        if embedded is not None and embedded.started:
+            embedded.supervise_detached()  # this process leaves; the Redis stays supervised
         ray.shutdown()  # disconnect this driver; the cluster keeps running
         return
     _wait_for_interrupt(head_pid)
     typer.echo("stopping…")
+    if embedded is not None:
+        embedded.stop_supervising()
     _stop(state)
 
 
@@ -292,7 +298,8 @@ def _stop(state: UpState) -> None:
         from storage import EmbeddedRedis
 
         embedded = EmbeddedRedis(Path(state.data_dir) / "redis")
-        if embedded.pid() == state.redis_pid:
+        # first_pid: the supervisor may have respawned it since (same server, new pid).
+        if state.redis_pid in (embedded.pid(), embedded.first_pid()):
             embedded.started = True  # we did start it: the state file says so
             embedded.stop()
     UpState.path(Path(state.data_dir)).unlink(missing_ok=True)

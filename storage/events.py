@@ -53,28 +53,60 @@ class Subscriber:
     """An async iterator of ``(channel, payload)`` over the channels it is subscribed to.
 
     Channels can be added and removed while another task iterates. Iteration ends on close().
+    A lost connection always ends iteration with a ConnectionError, so that the caller knows
+    it may have missed messages: redis-py would otherwise reconnect and resubscribe on the next
+    read without a word (after a failed SUBSCRIBE, say), and the caller would never read the
+    gap from its durable copy.
     """
 
     def __init__(self, pubsub: PubSub) -> None:
         self._pubsub = pubsub
         self._started = asyncio.Event()
         self._closed = False
+        self._lost: BaseException | None = None
 
     @property
     def channels(self) -> set[str]:
         """The channels currently subscribed."""
         return {c.decode() if isinstance(c, bytes) else str(c) for c in self._pubsub.channels}
 
+    @property
+    def lost(self) -> bool:
+        """True once a command on this subscriber's connection failed (it is not used again)."""
+        return self._lost is not None
+
     async def subscribe(self, *channels: str) -> None:
         """Start receiving ``channels`` (returns once the command is sent)."""
         if channels:
-            await self._pubsub.subscribe(*channels)
+            try:
+                await self._pubsub.subscribe(*channels)
+            except (RedisError, OSError) as exc:
+                self._mark_lost(exc)
+                raise
+            connection = self._pubsub.connection
+            if connection is not None and not self._started.is_set():
+                # It is connected already: any later call is a reconnect (redis-py's retry
+                # reconnecting within one read, and resubscribing without telling us).
+                connection.register_connect_callback(self._on_reconnect)
             self._started.set()
+
+    def _on_reconnect(self, _connection: object) -> None:
+        self._mark_lost(RedisConnectionError("the pub/sub connection was re-established"))
 
     async def unsubscribe(self, *channels: str) -> None:
         """Stop receiving ``channels``."""
         if channels:
-            await self._pubsub.unsubscribe(*channels)
+            try:
+                await self._pubsub.unsubscribe(*channels)
+            except (RedisError, OSError) as exc:
+                self._mark_lost(exc)
+                raise
+
+    def _mark_lost(self, exc: BaseException) -> None:
+        # The iterator (waiting for a first subscribe, maybe) wakes up and raises.
+        if self._lost is None:
+            self._lost = exc
+        self._started.set()
 
     async def close(self) -> None:
         """Close the connection and end iteration."""
@@ -99,13 +131,19 @@ class Subscriber:
     async def _iterate(self) -> AsyncIterator[tuple[str, bytes]]:
         await self._started.wait()
         while not self._closed:
+            connection = self._pubsub.connection
+            if self._lost is None and connection is not None and not connection.is_connected:
+                self._lost = RedisConnectionError("the pub/sub connection was closed")
+            if self._lost is not None:
+                raise RedisConnectionError(f"pub/sub connection lost: {self._lost!r}")
             try:
                 message = await self._pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=_POLL_S
                 )
-            except (RedisConnectionError, RuntimeError):
+            except (RedisConnectionError, RuntimeError) as exc:
                 if self._closed:
                     return
+                self._lost = exc
                 raise
             if message is None or message.get("type") != "message":
                 continue
@@ -165,6 +203,10 @@ class ChannelListener:
                 await asyncio.sleep(delay)
                 with contextlib.suppress(RedisError, OSError):
                     await subscriber.close()
+                # A failed subscribe leaves the new subscriber lost: iterating it raises at
+                # once and the next, longer wait follows (it used to wait forever instead).
                 self._subscriber = self._bus.subscriber()
                 with contextlib.suppress(RedisError, OSError):
                     await self._subscriber.subscribe(self._channel)
+                    attempt = 0
+                    logger.info("channel %s resubscribed", self._channel)

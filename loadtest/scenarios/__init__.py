@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from loadtest.report import Figures, ScenarioResult
-from loadtest.scenarios import connections, direct, group, recovery, scale, sync
+from loadtest.scenarios import chaos, connections, direct, group, recovery, scale, sync
 from loadtest.scenarios.common import BenchOptions
 from loadtest.servers import Target
 
@@ -36,6 +36,7 @@ SCENARIOS: dict[str, Scenario] = {
     "sync": Scenario(sync.measure, sync.result),
     "recovery": Scenario(recovery.measure, recovery.result, baseline=False),
     "scale": Scenario(scale.measure, scale.result, in_all=False, cluster_env=scale.CLUSTER_ENV),
+    "chaos": Scenario(chaos.measure, chaos.result, baseline=False, in_all=False),
 }
 
 __all__ = ["SCENARIOS", "BenchOptions", "Scenario"]

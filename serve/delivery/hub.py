@@ -11,6 +11,12 @@ publish); a socket that sees a seq beyond the next one gets the missing range fr
 (one read per distinct cursor, shared by all sockets at that cursor) before the new message.
 If the log cannot be read, those sockets are closed (1011) so their clients resync: order is
 never broken silently.
+
+Redis death: when the subscriber's connection is lost (Redis killed or restarted), the hub
+retries with a short backoff until a new subscriber holds every channel again, then reads the
+tail of every local conversation from the log: what was committed meanwhile (acked, but never
+published or never heard) reaches every local socket. Sockets attached while Redis is down
+are served from the log at once and their channels are subscribed by that same retry.
 """
 
 from __future__ import annotations
@@ -36,8 +42,12 @@ ReadLog = Callable[[int, int, int | None, int | None, int], Awaitable[list[Messa
 """(user_id, conversation_id, after_seq, before_seq, limit) -> messages in ascending seq."""
 LoadConversations = Callable[[int], Awaitable[dict[int, str]]]
 """user_id -> {conversation id: kind} of every conversation the user belongs to."""
+OnReconnect = Callable[[], Coroutine[Any, Any, None]]
+"""Runs after the hub got its subscriptions back (Redis returned, maybe empty)."""
 
-_RESUBSCRIBE_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+# Waits between resubscribe attempts after a lost connection; the last one repeats. Capped at
+# 1 s: an attempt is one connect, and delivery is late until one succeeds.
+_RESUBSCRIBE_BACKOFF_S = (0.1, 0.25, 0.5, 1.0)
 
 
 def history_frame(event: MessageEvent) -> str:
@@ -67,12 +77,14 @@ class DeliveryHub:
         read_log: ReadLog,
         load_conversations: LoadConversations,
         page_limit: int,
+        on_reconnect: OnReconnect | None = None,
     ) -> None:
         self._bus = bus
         self._keys = keys
         self._read_log = read_log
         self._load_conversations = load_conversations
         self._page_limit = page_limit
+        self._on_reconnect = on_reconnect
         self._users: dict[int, _LocalUser] = {}
         self._conv_users: dict[int, set[int]] = {}
         # channel name -> ("conv" | "user", id)
@@ -88,6 +100,10 @@ class DeliveryHub:
         self._tasks: set[asyncio.Task[object]] = set()
         self.events_in = 0
         self.frames_out = 0
+        # Bumped by every successful resubscribe: a catch-up that spans one re-reads its tail.
+        self._generation = 0
+        self.reconnects = 0
+        self.lost_since: float | None = None  # loop time the connection was lost, while it is
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -106,6 +122,13 @@ class DeliveryHub:
             await asyncio.gather(self._task, return_exceptions=True)
         if self._subscriber is not None:
             await self._subscriber.close()
+
+    @property
+    def connected(self) -> bool:
+        """False from a lost pub/sub connection until every channel is subscribed again."""
+        return self.lost_since is None and not (
+            self._subscriber is not None and self._subscriber.lost
+        )
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -205,6 +228,7 @@ class DeliveryHub:
         convs = [only] if only is not None else list(local.convs if local else ())
         if not begun:
             conn.begin_sync(only)
+        generation = self._generation
         truncated: list[int] = []
         ok = False
         try:
@@ -227,6 +251,13 @@ class DeliveryHub:
                 before_release(held, truncated)
             released = conn.end_sync(only)
         await self._offer_all(conn, released)
+        if ok and generation != self._generation:
+            # The hub resubscribed while this catch-up ran and its tail check skipped this
+            # socket (it was syncing): what was committed in between is read here.
+            for conv in convs:
+                have = conn.delivered.get(conv)
+                if have is not None and not conn.is_syncing(conv):
+                    await self._fill_from_log(conv, have, None, [conn])
         return held, truncated
 
     async def _send_log(self, conn: Connection, conv: int, cursor: int | None) -> bool:
@@ -273,15 +304,22 @@ class DeliveryHub:
                         logger.exception("dropping a bad event on %s", channel)
                 return
             except (RedisError, OSError) as exc:
+                if self.lost_since is None:
+                    self.lost_since = asyncio.get_running_loop().time()
                 delay = _RESUBSCRIBE_BACKOFF_S[min(attempt, len(_RESUBSCRIBE_BACKOFF_S) - 1)]
+                if attempt == 0:
+                    logger.warning(
+                        "event bus connection lost (%r); resubscribing in %.1fs", exc, delay
+                    )
                 attempt += 1
-                logger.warning("event bus connection lost (%r); resubscribing in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-                await self._resubscribe()
+                if await self._resubscribe():
+                    attempt = 0
 
-    async def _resubscribe(self) -> None:
+    async def _resubscribe(self) -> bool:
         """A new subscriber for every channel, then a gap check of every conversation: what
-        was published while disconnected is read from the log."""
+        was published while disconnected is read from the log. False if Redis is still away
+        (the new subscriber is then lost too, and the reader comes back here)."""
         old = self._subscriber
         self._subscriber = self._bus.subscriber()
         if old is not None:
@@ -293,16 +331,28 @@ class DeliveryHub:
             async with self._sub_lock:
                 await self._subscriber.subscribe(*self._channels)
         except (RedisError, OSError):
-            logger.warning("resubscribe failed; will retry")
-            return
+            return False
+        self._generation += 1
+        self.reconnects += 1
+        if self.lost_since is not None:
+            down_s = asyncio.get_running_loop().time() - self.lost_since
+            logger.warning(
+                "event bus back after %.2fs: %d channels resubscribed; reading the tails of %d "
+                "conversations", down_s, len(self._channels), len(self._conv_users)
+            )
+        self.lost_since = None
+        if self._on_reconnect is not None:
+            self._spawn(self._on_reconnect())
         for conv in list(self._conv_users):
             await self._check_tail(conv)
+        return True
 
     async def _check_tail(self, conv: int) -> None:
         """Deliver whatever of ``conv`` its local sockets lack (after a lost subscription)."""
         groups: dict[int, list[Connection]] = {}
         for uid in self._conv_users.get(conv, ()):
-            for conn in self._users[uid].conns:
+            local = self._users.get(uid)
+            for conn in local.conns if local is not None else ():
                 have = conn.delivered.get(conv)
                 if have is not None and not conn.is_syncing(conv):
                     groups.setdefault(have, []).append(conn)
@@ -479,7 +529,13 @@ class DeliveryHub:
                 self._sub_waiting[c] = flush
         waits = {id(f): f for c, _ in targets if (f := self._sub_waiting.get(c)) is not None}
         for f in waits.values():
-            await asyncio.shield(f)
+            try:
+                await asyncio.shield(f)
+            except (RedisError, OSError) as exc:
+                # Redis is away: the channels stay routed here and the resubscribe that follows
+                # the lost connection subscribes them, then reads what was missed from the log.
+                # So the socket is served (from the log) instead of refused.
+                logger.warning("subscribe deferred until Redis is back (%r)", exc)
 
     async def _flush_subscribes(self, flush: asyncio.Future[None]) -> None:
         # Waits for the command in flight (the lock), then sends everything queued meanwhile.

@@ -96,7 +96,8 @@ async def test_health(http: httpx.AsyncClient) -> None:
     assert r.status_code == 200 and r.json()["checks"] == {
         "sql": "ok",
         "redis": "ok",
-        "runtime": "ok",
+        "delivery": "ok",
+        "hosts": "ok",
     }
     r = await http.get("/openapi.json")
     assert r.status_code == 200 and "/v1/messages" in r.json()["paths"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,13 +10,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from storage import EmbeddedRedis, resolve_redis_url
+from storage import EmbeddedRedis, connect_redis, resolve_redis_url
 from storage.redis import process_alive
 from warbler.config import Settings
 from warbler.errors import WarblerError
@@ -119,7 +120,7 @@ def test_racing_processes_end_up_with_one_server(redis_dir: Path) -> None:
 
 def test_stale_pidfile_starts_a_new_server(redis_dir: Path) -> None:
     first = EmbeddedRedis(redis_dir)
-    first.start()
+    first.start(supervise=False)  # a leftover of a process that is gone
     old_pid = first.pid()
     assert old_pid is not None
     # Kill the server behind the object's back: the pidfile and socket stay as stale leftovers.
@@ -163,3 +164,88 @@ def test_resolve_redis_url(redis_dir: Path) -> None:
     finally:
         assert embedded is not None
         embedded.stop()
+
+
+def _wait(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+async def test_a_killed_server_is_restarted_on_the_same_socket(redis_dir: Path) -> None:
+    server = EmbeddedRedis(redis_dir)
+    restarted: list[int] = []
+    server.on_restart = restarted.append
+    url = server.start()
+    client = connect_redis(url)  # a process that reuses the server: it only reconnects
+    try:
+        await client.set("kept", b"before the kill")
+        old_pid = server.pid()
+        assert old_pid is not None
+        os.kill(old_pid, signal.SIGKILL)
+        _wait(lambda: server.restarts == 1, "the supervisor restarts the server")
+        new_pid = server.pid()
+        assert new_pid is not None and new_pid != old_pid and process_alive(new_pid)
+        assert restarted == [new_pid]
+        assert server.url == url and _ping(url)
+        # The same client, on the same URL, after one failed command at most.
+        with contextlib.suppress(redis.RedisError):
+            await client.ping()
+        # The append-only file kept what was written before the kill.
+        assert await client.get("kept") == b"before the kill"
+    finally:
+        await client.aclose()
+        server.stop()
+    assert not process_alive(new_pid)
+
+
+def test_stop_ends_the_supervision(redis_dir: Path) -> None:
+    server = EmbeddedRedis(redis_dir)
+    url = server.start()
+    pid = server.pid()
+    server.stop()
+    assert pid is not None and not process_alive(pid)
+    time.sleep(0.6)  # three supervisor periods: nothing respawns it
+    assert not _ping(url) and server.restarts == 0
+
+
+def test_a_reusing_object_does_not_supervise(redis_dir: Path) -> None:
+    owner = EmbeddedRedis(redis_dir)
+    owner.start(supervise=False)
+    guest = EmbeddedRedis(redis_dir)
+    try:
+        guest.start()
+        pid = owner.pid()
+        assert pid is not None and not guest.started
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.6)
+        assert guest.restarts == 0 and owner.pid() == pid and not process_alive(pid)
+    finally:
+        guest.stop()
+        owner.started = False
+
+
+def test_a_detached_supervisor_outlives_its_starter(redis_dir: Path) -> None:
+    # `warbler up --detach` leaves: a process of its own keeps the server supervised, and a
+    # later `warbler down` (another object, another process) stops both.
+    server = EmbeddedRedis(redis_dir)
+    url = server.start()
+    supervisor = server.supervise_detached()
+    try:
+        assert process_alive(supervisor)
+        time.sleep(0.5)  # the child is up and looking
+        first = server.pid()
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        _wait(lambda: server.pid() not in (None, first) and _ping(url), "respawned detached")
+        assert server.first_pid() == first  # the owner's record survives the respawn
+        later = EmbeddedRedis(redis_dir)
+        later.started = True  # as `warbler down` does, from the state file
+        later.stop()
+        assert not process_alive(supervisor)
+        assert not _ping(url)
+    finally:
+        server.started = False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(supervisor, signal.SIGKILL)

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
-from storage import ChannelListener, EventBus, Keys, Subscriber
+from storage import ChannelListener, EmbeddedRedis, EventBus, Keys, Subscriber, connect_redis
+from storage.redis import process_alive
 
 # Generous bounds for liveness only: a missing message fails the test instead of hanging it.
 WAIT_S = 10.0
@@ -132,3 +143,93 @@ async def test_channel_listener_resubscribes_after_a_lost_connection(
         assert listener._subscriber is not subscriber  # a new subscription, made by itself
     finally:
         await listener.close()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[EmbeddedRedis]:
+    """A Redis of this test's own, unsupervised: the test kills it and decides when it is back."""
+    with tempfile.TemporaryDirectory(prefix="wrb-") as d:
+        server = EmbeddedRedis(Path(d) / "redis")
+        server.start(supervise=False)
+        yield server
+        server.stop()
+
+
+def _kill(server: EmbeddedRedis) -> None:
+    pid = server.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + WAIT_S
+    while process_alive(pid):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+async def test_a_dead_redis_ends_iteration_with_an_error(
+    own_redis: EmbeddedRedis, keys: Keys
+) -> None:
+    client = connect_redis(own_redis.url)
+    bus = EventBus(client, keys)
+    try:
+        sub = bus.subscriber()
+        await sub.subscribe(keys.conv_channel(1))
+        _kill(own_redis)
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(_take(sub, 1), WAIT_S)
+        assert sub.lost
+        # A subscriber whose first SUBSCRIBE fails does not wait forever for one either.
+        fresh = bus.subscriber()
+        with pytest.raises((RedisError, OSError)):
+            await fresh.subscribe(keys.conv_channel(1))
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(_take(fresh, 1), WAIT_S)
+        await sub.close()
+        await fresh.close()
+    finally:
+        await client.aclose()
+
+
+async def test_a_silent_reconnect_ends_iteration(redis: aioredis.Redis, keys: Keys) -> None:
+    # redis-py's retry reconnects and resubscribes within one read; what was published in
+    # between is lost, so the subscriber must say so.
+    bus = EventBus(redis, keys)
+    sub = bus.subscriber()
+    await sub.subscribe(keys.conv_channel(3))
+    connection = sub._pubsub.connection
+    assert connection is not None
+    await connection.disconnect()
+    await connection.connect()
+    assert sub.lost
+    with pytest.raises(RedisConnectionError):
+        await asyncio.wait_for(_take(sub, 1), WAIT_S)
+    await sub.close()
+
+
+async def test_channel_listener_outlives_seconds_without_redis(
+    own_redis: EmbeddedRedis, keys: Keys
+) -> None:
+    client = connect_redis(own_redis.url)
+    bus = EventBus(client, keys)
+    channel = keys.revocations_channel()
+    heard: list[bytes] = []
+    listener = ChannelListener(bus, channel, heard.append)
+    await listener.start()
+
+    async def hear(payload: bytes) -> None:
+        for _ in range(int(WAIT_S / 0.05)):
+            with contextlib.suppress(RedisError):
+                await bus.publish(channel, payload)
+            if payload in heard:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{payload!r} never heard")
+
+    try:
+        await hear(b"before")
+        _kill(own_redis)
+        await asyncio.sleep(2.0)  # several resubscribe attempts fail meanwhile
+        own_redis.start(supervise=False)  # the same socket path, as a supervisor restarts it
+        await hear(b"after")
+    finally:
+        await listener.close()
+        await client.aclose()
