@@ -9,7 +9,7 @@ every model here with an example; keep the two in step.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Annotated, Any, Literal
 
@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    PlainSerializer,
     StrictInt,
     StrictStr,
     TypeAdapter,
@@ -51,6 +52,18 @@ _DisplayName = Annotated[str, Field(min_length=1, max_length=64)]
 _Title = Annotated[str, Field(min_length=1, max_length=128)]
 _Id = Annotated[int, Field(ge=1)]
 _Seq = Annotated[int, Field(ge=0)]
+
+
+def wire_time(value: datetime) -> str:
+    """The one encoding of a time on the wire: ISO 8601 in UTC with a ``Z`` (pydantic writes
+    ``Z``, ``isoformat`` ``+00:00``, and a naive time no zone at all; clients saw all three)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)  # our stores keep UTC; a naive one is UTC too
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# A datetime field of a wire model: encoded by ``wire_time`` in JSON.
+WireTime = Annotated[datetime, PlainSerializer(wire_time, return_type=str, when_used="json")]
 
 
 class CloseCode(IntEnum):
@@ -122,7 +135,7 @@ class UserPublic(_Out):
     id: int
     username: str
     display_name: str
-    created_at: datetime
+    created_at: WireTime
 
 
 class SessionCreate(_Model):
@@ -218,7 +231,7 @@ class MessagePublic(_Out):
     sender_id: int
     kind: MessageKind
     body: JsonValue
-    created_at: datetime
+    created_at: WireTime
     client_msg_id: str
 
 
@@ -263,7 +276,7 @@ class AckPublic(_Out):
     conversation_id: int
     seq: int
     client_msg_id: str
-    created_at: datetime
+    created_at: WireTime
     duplicate: bool = False
 
 
@@ -423,7 +436,7 @@ class HelloOkFrame(_Out):
     user_id: int
     device_id: str
     limits: LimitsPublic
-    server_time: datetime
+    server_time: WireTime
 
 
 class AckFrame(AckPublic):
@@ -518,7 +531,7 @@ class PongFrame(_Out):
 
     type: Literal["pong"] = "pong"
     id: RequestId | None = None
-    server_time: datetime
+    server_time: WireTime
 
 
 class ReconnectFrame(_Out):
