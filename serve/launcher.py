@@ -212,10 +212,6 @@ def up(
                     "cluster was started with RAY_SERVE_ENABLE_HA_PROXY=1."
                 )
         else:
-            # Ray resolves "127.0.0.1" to this machine's outward address when a driver connects
-            # (its log then named another address than our banner); a local cluster stays on
-            # loopback. Read by Ray at import, in this process and the head's.
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             proc, address = start_head(
                 env={**ingress_env(settings), **_ray_auth_env(token_path)},
                 resources={"warbler_host": float(settings.max_hosts)},
