@@ -291,7 +291,7 @@ def _print_urls(
     _say(f"  data:       {data_dir}")
     if settings.host_autoscale:
         _say(f"  hosts:      {settings.num_hosts}, autoscaled {settings.min_hosts}-"
-                   f"{settings.max_hosts} (WARBLER_HOST_AUTOSCALE=false: fixed)")
+             f"{settings.max_hosts} (WARBLER_HOST_AUTOSCALE=false: fixed)")
     else:
         _say(f"  hosts:      {settings.num_hosts}, fixed")
     _say("Stop it with `warbler down`." if detach else "Press Ctrl-C to stop.")
