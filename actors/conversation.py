@@ -136,6 +136,16 @@ def _event(stored: StoredMessage | Message, *, duplicate: bool | None = None) ->
     )
 
 
+def _check_resend(msg: Append, here: int, conversation_id: int, kind: str, body: object) -> None:
+    """A resend must be the same message: a ``client_msg_id`` reused for another body (or
+    another conversation) is a client bug, and answering ``duplicate`` would hide it."""
+    if (conversation_id, kind, body) != (here, msg.kind, msg.body):
+        raise WarblerError(
+            ErrorCode.CONFLICT,
+            f"client_msg_id {msg.client_msg_id!r} was already used for a different message",
+        )
+
+
 def _check_title(title: str) -> str:
     title = title.strip()
     if not 1 <= len(title) <= TITLE_MAX:
@@ -293,7 +303,7 @@ class ConversationEntity(Entity[ConversationState]):
                 f"body is {size} bytes; the limit is {self.ctx.settings.max_body_bytes}",
             )
         if (msg.sender_id, msg.client_msg_id) in state.recent:
-            return Later(self._stored_event(msg.sender_id, msg.client_msg_id))
+            return Later(self._resent(msg))
         draft = MessageDraft(
             state.conversation_id, msg.sender_id, msg.client_msg_id, msg.kind, msg.body
         )
@@ -301,11 +311,20 @@ class ConversationEntity(Entity[ConversationState]):
         # by a callback (no task per append: tasks were a visible share of a host's time).
         stored = self.ctx.writer.submit(draft, state.counter)
         answer: asyncio.Future[MessageEvent] = asyncio.get_running_loop().create_future()
-        stored.add_done_callback(partial(self._committed, answer))
+        stored.add_done_callback(partial(self._committed, answer, msg))
         return Later(answer)
 
+    async def _resent(self, msg: Append) -> MessageEvent:
+        event = await self._stored_event(msg.sender_id, msg.client_msg_id)
+        here = self.state.conversation_id
+        _check_resend(msg, here, event.conversation_id, event.kind, event.body)
+        return event
+
     def _committed(
-        self, answer: asyncio.Future[MessageEvent], stored: asyncio.Future[StoredMessage]
+        self,
+        answer: asyncio.Future[MessageEvent],
+        msg: Append,
+        stored: asyncio.Future[StoredMessage],
     ) -> None:
         # Callbacks run in the order the writer resolves its futures, i.e. in seq order.
         if answer.done():
@@ -318,7 +337,11 @@ class ConversationEntity(Entity[ConversationState]):
             answer.set_exception(exc)
             return
         try:
-            answer.set_result(self._on_stored(stored.result()))
+            result = stored.result()
+            if result.duplicate:
+                here = self.state.conversation_id
+                _check_resend(msg, here, result.conversation_id, result.kind, result.body)
+            answer.set_result(self._on_stored(result))
         except Exception as error:  # never strand the caller
             answer.set_exception(error)
 

@@ -12,6 +12,7 @@ import json
 from typing import Any, Literal
 
 from actors.messages import MessageEvent, Receipt
+from warbler.protocol import wire_time
 
 
 def _dump(obj: dict[str, Any]) -> bytes:
@@ -29,7 +30,7 @@ def message_payload(event: MessageEvent) -> bytes:
             "client_msg_id": event.client_msg_id,
             "kind": event.kind,
             "body": event.body,
-            "created_at": event.created_at.isoformat(),
+            "created_at": wire_time(event.created_at),
         }
     )
 

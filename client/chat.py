@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 from client.client import WarblerClient
 from client.events import ConnectionEvent, Event
@@ -26,18 +28,21 @@ from warbler.protocol import (
 
 logger = logging.getLogger(__name__)
 
-HELP = """\
-[bold]commands[/bold]
-  /list                     conversations with unread counts
-  /open <#id|username>      open a conversation (by id, or the direct chat with a user)
-  /dm <username>            open the direct chat with a user (always a username)
-  /group <title> [user ...] create a group (title in quotes if it has spaces)
-  /add <user> [user ...]    add members to the open group
-  /members                  members of the open conversation
-  /history [n]              the n messages before the oldest shown (default 20)
-  /help                     this text
-  /quit                     leave (Ctrl-D works too)
-anything else is sent to the open conversation"""
+# (command, what it does): printed as a two-column grid of plain text, so the <...> and [...]
+# argument names are never taken for rich markup.
+HELP = (
+    ("/list", "conversations with unread counts"),
+    ("/open <#id|username>", "open a conversation (by id, or the direct chat with a user)"),
+    ("/dm <username>", "open the direct chat with a user (always a username)"),
+    ("/group <title> [user ...]", "create a group (title in quotes if it has spaces)"),
+    ("/add <user> [user ...]", "add members to the open group"),
+    ("/members", "members of the open conversation"),
+    ("/history [n]", "the n messages before the oldest shown (default 20)"),
+    ("/help", "this text"),
+    ("/quit", "leave (Ctrl-D works too)"),
+)
+# Cursor up one line, erase it: the terminal's echo of a sent line, which comes back formatted.
+_ERASE_ECHO = "\x1b[1A\x1b[2K"
 
 
 class ChatApp:
@@ -49,13 +54,19 @@ class ChatApp:
         await app.run(stdin_lines())
     """
 
-    def __init__(self, client: WarblerClient, console: Console) -> None:
+    def __init__(
+        self, client: WarblerClient, console: Console, *, erase_echo: bool = False
+    ) -> None:
         self.client = client
         self.console = console
+        # True when the lines come from a terminal that echoes them (see _ERASE_ECHO).
+        self.erase_echo = erase_echo
         self.current: int | None = None
         self._oldest_shown: int | None = None
         self._names: dict[int, str] = {}
         self._titles: dict[int, str] = {}
+        # Per conversation, the (seq, sender) of the last message printed.
+        self._printed: dict[int, tuple[int, int]] = {}
         self._commands: dict[str, Callable[[list[str]], Awaitable[None]]] = {
             "list": self._cmd_list,
             "open": self._cmd_open,
@@ -112,7 +123,11 @@ class ChatApp:
         if self.current is None:
             self.say("[yellow]open a conversation first:[/yellow] /list, /open <#id|username>")
             return
-        # The message is printed when it comes back through the stream, in seq order.
+        # The message is printed when it comes back through the stream, in seq order; the
+        # terminal's echo of the typed line goes, or the line would show twice.
+        if self.erase_echo:
+            self.console.file.write(_ERASE_ECHO)
+            self.console.file.flush()
         await self.client.send(line, conversation_id=self.current)
 
     # ---- names ------------------------------------------------------------------------------
@@ -184,14 +199,20 @@ class ChatApp:
         if isinstance(event, MessageFrame):
             if event.conversation_id == self.current:
                 self.say(await self._format(event))
-                if event.sender_id != self.client.user_id:
-                    await self.client.mark_read(event.conversation_id, event.seq)
+                self._printed[event.conversation_id] = (event.seq, event.sender_id)
+                if self._oldest_shown is None:
+                    self._oldest_shown = event.seq  # /history goes back from here
+                # Your own messages too: else /list counts them as unread.
+                await self.client.mark_read(event.conversation_id, event.seq)
             elif event.sender_id != self.client.user_id:
                 title = await self._title(event.conversation_id)
                 line = await self._format(event)
                 self.say(f"[yellow]#{event.conversation_id} {escape(title)}[/yellow] {line}")
         elif isinstance(event, ReceiptFrame):
-            if event.conversation_id == self.current and event.user_id != self.client.user_id:
+            mine = event.user_id == self.client.user_id
+            # A member reading up to their own message just sent says nothing new.
+            own = self._printed.get(event.conversation_id) == (event.read_seq, event.user_id)
+            if event.conversation_id == self.current and not mine and not own:
                 who = await self._name(event.user_id)
                 self.say(f"[dim]✓ {escape(who)} read up to {event.read_seq}[/dim]")
         elif isinstance(event, TypingEventFrame):
@@ -214,7 +235,14 @@ class ChatApp:
     # ---- commands ---------------------------------------------------------------------------
 
     async def _cmd_help(self, args: list[str]) -> None:
-        self.say(HELP)
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(no_wrap=True)
+        grid.add_column()
+        for command, text in HELP:
+            grid.add_row(Text(command, style="bold"), Text(text))
+        self.say("[bold]commands[/bold]")
+        self.console.print(Padding(grid, (0, 0, 0, 2)))
+        self.say("anything else is sent to the open conversation")
 
     async def _cmd_list(self, args: list[str]) -> None:
         convs = await self.client.list_conversations()

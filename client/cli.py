@@ -43,7 +43,9 @@ async def _chat(
         else:
             await client.login(username, password)
         await client.connect()
-        await ChatApp(client, console).run(_stdin_lines())
+        # A terminal echoes each typed line; the chat prints it again once sent.
+        echoes = sys.stdin.isatty() and console.is_terminal
+        await ChatApp(client, console, erase_echo=echoes).run(_stdin_lines())
 
 
 def chat(

@@ -16,8 +16,10 @@ import logging
 import os
 import secrets
 import signal
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -52,6 +54,7 @@ class UpState:
     launcher_pid: int
     haproxy_dir: str | None
     ray_token_path: str | None  # the started cluster's own auth token
+    ray_session_dir: str | None = None  # the started head's logs under /tmp/ray (kept on disk)
 
     @staticmethod
     def path(data_dir: Path) -> Path:
@@ -108,6 +111,40 @@ def _ray_auth_env(token_path: Path | None) -> dict[str, str]:
     return env
 
 
+def _say(text: str, *, err: bool = False) -> None:
+    """Print a line even when the reader is gone: `warbler up | tee up.log` loses its pipe when
+    Ctrl-C kills tee too, and a failed print must not abort the shutdown that follows."""
+    try:
+        typer.echo(text, err=err)
+    except OSError:  # EPIPE, or EIO from a closed terminal
+        stream = sys.stderr if err else sys.stdout
+        with contextlib.suppress(OSError, ValueError):
+            # Point the descriptor at /dev/null: later writes (ours, Ray's, the interpreter's
+            # flush at exit) then succeed silently instead of raising again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _shielded() -> Iterator[None]:
+    """Run a shutdown to its end: a second Ctrl-C (or SIGTERM, or the terminal closing) while
+    it runs is acknowledged, not obeyed, since stopping half way leaves processes behind."""
+
+    def again(*_: object) -> None:
+        _say("still stopping; wait for it to finish", err=True)
+
+    previous = {sig: signal.signal(sig, again) for sig in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _wait_ready(url: str) -> None:
     deadline = time.monotonic() + _READY_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -134,6 +171,8 @@ def up(
     ] = None,
 ) -> None:
     """Start Warbler: Ray, Redis, the database schema, the actor hosts and the gateway."""
+    # A closed stdout must raise EPIPE (handled by _say), not kill us silently mid-shutdown.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = _settings(port, ray_address)
     data_dir = settings.data_dir
@@ -143,7 +182,7 @@ def up(
         typer.echo(f"Warbler already runs from {data_dir} ({previous.http_url}); `warbler down`.")
         raise typer.Exit(1)
     if not port_free(settings.http_host, settings.http_port):
-        typer.echo(f"port {settings.http_port} on {settings.http_host} is taken; use --port.")
+        _say(f"port {settings.http_port} on {settings.http_host} is taken; use --port.")
         raise typer.Exit(1)
     settings.resolved_secret_key()  # generated once, before the replicas read it
 
@@ -168,7 +207,7 @@ def up(
         if joined:
             address = str(settings.ray_address)
             if settings.use_haproxy and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":
-                typer.echo(
+                _say(
                     "note: joining an existing cluster; Serve uses HAProxy only if that "
                     "cluster was started with RAY_SERVE_ENABLE_HA_PROXY=1."
                 )
@@ -195,17 +234,19 @@ def up(
             ray_token_path=str(token_path) if token_path else None,
         )
         state.save()
-        _deploy(settings, address)
+        state.ray_session_dir = _deploy(settings, address)
+        state.save()
         _wait_ready(http_url)
     except BaseException:
-        typer.echo("warbler up failed; stopping what it started", err=True)
-        if embedded is not None:
-            embedded.stop_supervising()
-        current = UpState.load(data_dir)
-        if current is not None:
-            _stop(current)
-        elif embedded is not None:
-            embedded.stop()
+        with _shielded():
+            _say("warbler up failed; stopping what it started", err=True)
+            if embedded is not None:
+                embedded.stop_supervising()
+            current = UpState.load(data_dir)
+            if current is not None:
+                _stop(current)
+            elif embedded is not None:
+                embedded.stop()
         raise
     _print_urls(http_url, address, data_dir, detach, settings)
     if detach:
@@ -216,13 +257,17 @@ def up(
         ray.shutdown()  # disconnect this driver; the cluster keeps running
         return
     _wait_for_interrupt(head_pid)
-    typer.echo("stopping…")
-    if embedded is not None:
-        embedded.stop_supervising()
-    _stop(state)
+    with _shielded():
+        _say("stopping…")
+        if embedded is not None:
+            embedded.stop_supervising()
+        _stop(state)
+        _say_leftovers(state)
 
 
-def _deploy(settings: Settings, address: str) -> None:
+def _deploy(settings: Settings, address: str) -> str | None:
+    """Start the hosts and the app on the cluster at ``address``; returns the cluster's
+    session directory (its logs) when Ray tells us."""
     import ray
     from ray import serve
 
@@ -235,34 +280,36 @@ def _deploy(settings: Settings, address: str) -> None:
     ensure_controller(settings)
     serve.start(http_options=http_options(settings))
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+    node = ray._private.worker._global_node  # no public API names a driver's session dir
+    return str(node.get_session_dir_path()) if node is not None else None
 
 
 def _print_urls(
     http_url: str, address: str, data_dir: Path, detach: bool, settings: Settings
 ) -> None:
-    typer.echo("")
-    typer.echo("Warbler is up.")
-    typer.echo(f"  web chat:   {http_url}/")
-    typer.echo(f"  API docs:   {http_url}/docs")
-    typer.echo(f"  health:     {http_url}/healthz   {http_url}/readyz")
-    typer.echo(f"  WebSocket:  {http_url.replace('http', 'ws', 1)}/v1/ws")
-    typer.echo(f"  Ray:        {address}")
-    typer.echo(f"  data:       {data_dir}")
+    _say("")
+    _say("Warbler is up.")
+    _say(f"  web chat:   {http_url}/")
+    _say(f"  API docs:   {http_url}/docs")
+    _say(f"  health:     {http_url}/healthz   {http_url}/readyz")
+    _say(f"  WebSocket:  {http_url.replace('http', 'ws', 1)}/v1/ws")
+    _say(f"  Ray:        {address}")
+    _say(f"  data:       {data_dir}")
     if settings.host_autoscale:
-        typer.echo(f"  hosts:      {settings.num_hosts}, autoscaled {settings.min_hosts}-"
-                   f"{settings.max_hosts} (WARBLER_HOST_AUTOSCALE=false: fixed)")
+        _say(f"  hosts:      {settings.num_hosts}, autoscaled {settings.min_hosts}-"
+             f"{settings.max_hosts} (WARBLER_HOST_AUTOSCALE=false: fixed)")
     else:
-        typer.echo(f"  hosts:      {settings.num_hosts}, fixed")
-    typer.echo("Stop it with `warbler down`." if detach else "Press Ctrl-C to stop.")
+        _say(f"  hosts:      {settings.num_hosts}, fixed")
+    _say("Stop it with `warbler down`." if detach else "Press Ctrl-C to stop.")
 
 
 def _wait_for_interrupt(head_pid: int | None) -> None:
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in _STOP_SIGNALS:
         signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(1.0):
         if head_pid is not None and not process_alive(head_pid):
-            typer.echo("the Ray head exited", err=True)
+            _say("the Ray head exited", err=True)
             return
 
 
@@ -275,8 +322,18 @@ def down() -> None:
         typer.echo(f"nothing to stop: no {STATE_FILE} under {settings.data_dir.resolve()}")
         raise typer.Exit(0)
     _ray_auth_env(Path(state.ray_token_path) if state.ray_token_path else None)
-    _stop(state)
-    typer.echo("Warbler is down.")
+    with _shielded():
+        _stop(state)
+    _say("Warbler is down.")
+    _say_leftovers(state)
+
+
+def _say_leftovers(state: UpState) -> None:
+    """What stays on disk after a stop, so a user knows what to delete (and what not to)."""
+    _say(f"Left on disk: {state.data_dir} (the database, secret key and logs: the next "
+         "`warbler up` reuses them; delete it to start afresh)")
+    if state.ray_session_dir and os.path.isdir(state.ray_session_dir):
+        _say(f"  and Ray's session logs in {state.ray_session_dir} (safe to delete)")
 
 
 def _stop(state: UpState) -> None:

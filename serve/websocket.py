@@ -276,7 +276,10 @@ class SocketSession:
             )
             conn.send(dump_frame(HistoryPageFrame(id=frame.id, **page.model_dump())))
         elif isinstance(frame, ReadFrame):
+            # Noted before the call too: the entity's broadcast may arrive before the answer.
+            conn.note_own_read(frame.conversation_id, frame.seq)
             receipt = await chat.mark_read(conn.user_id, frame.conversation_id, frame.seq)
+            conn.note_own_read(frame.conversation_id, receipt.read_seq)
             conn.send(dump_frame(ReceiptFrame(id=frame.id, **receipt.model_dump())))
         elif isinstance(frame, TypingFrame):
             if not self._ctx.hub.is_member(conn.user_id, frame.conversation_id):

@@ -7,7 +7,14 @@ import typer
 
 _OURS = {"warbler", "serve", "actors", "storage", "client", "loadtest"}
 
-app = typer.Typer(help="Warbler: an instant-messaging cluster on Ray.", no_args_is_help=True)
+# Click's plain help: typer's rich panels (0.29) print every flag as taking a value
+# ("--detach <bool>"), and no typer release on PyPI does otherwise.
+app = typer.Typer(
+    help="Warbler: an instant-messaging cluster on Ray.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 120},  # click's default of 80 cuts command summaries
+)
 
 
 def _register() -> None:

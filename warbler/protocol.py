@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Annotated, Any, Literal, get_args
 
@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    PlainSerializer,
     StrictInt,
     StrictStr,
     TypeAdapter,
@@ -68,6 +69,18 @@ _Seq = Annotated[int, Field(ge=0, le=INT64_MAX)]
 # Public aliases for route parameters (path and query) so the schema and behaviour agree.
 Id = _Id
 Seq = _Seq
+
+
+def wire_time(value: datetime) -> str:
+    """The one encoding of a time on the wire: ISO 8601 in UTC with a ``Z`` (pydantic writes
+    ``Z``, ``isoformat`` ``+00:00``, and a naive time no zone at all; clients saw all three)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)  # our stores keep UTC; a naive one is UTC too
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# A datetime field of a wire model: encoded by ``wire_time`` in JSON.
+WireTime = Annotated[datetime, PlainSerializer(wire_time, return_type=str, when_used="json")]
 
 
 class CloseCode(IntEnum):
@@ -145,7 +158,7 @@ class UserPublic(_Out):
     id: int
     username: str
     display_name: str
-    created_at: datetime
+    created_at: WireTime
 
 
 class SessionCreate(_Model):
@@ -241,7 +254,7 @@ class MessagePublic(_Out):
     sender_id: int
     kind: MessageKind
     body: JsonValue
-    created_at: datetime
+    created_at: WireTime
     client_msg_id: str
 
 
@@ -286,7 +299,7 @@ class AckPublic(_Out):
     conversation_id: int
     seq: int
     client_msg_id: str
-    created_at: datetime
+    created_at: WireTime
     duplicate: bool = False
 
 
@@ -446,7 +459,7 @@ class HelloOkFrame(_Out):
     user_id: int
     device_id: str
     limits: LimitsPublic
-    server_time: datetime
+    server_time: WireTime
 
 
 class AckFrame(AckPublic):
@@ -541,7 +554,7 @@ class PongFrame(_Out):
 
     type: Literal["pong"] = "pong"
     id: RequestId | None = None
-    server_time: datetime
+    server_time: WireTime
 
 
 class ReconnectFrame(_Out):

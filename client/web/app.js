@@ -393,6 +393,7 @@
     }
     summary.last_message = m;
     summary.last_seq = Math.max(summary.last_seq || 0, m.seq);
+    if (m.sender_id !== me && m.kind !== "system") notify(summary, m);
     if (conv === state.current && document.visibilityState === "visible") {
       renderMessages(true);
       markRead(conv);
@@ -401,6 +402,26 @@
       if (conv === state.current) renderMessages(false);
     }
     renderConversations();
+  }
+
+  // A desktop notification for a message the user is not looking at. Permission is asked on
+  // a user gesture (browsers ignore or penalise asking unprompted), see askNotifications.
+  function notify(c, m) {
+    if (!("Notification" in window) || Notification.permission !== "granted") return;
+    if (c.id === state.current && document.visibilityState === "visible") return;
+    const sender = state.users.get(m.sender_id);
+    const who = sender ? sender.display_name || sender.username : "Someone";
+    const title = c.kind === "group" ? `${who} in ${convName(c)}` : who;
+    try {
+      const n = new Notification(title, { body: preview(m), tag: `warbler-${c.id}` });
+      n.onclick = () => { window.focus(); openConversation(c.id); n.close(); };
+    } catch (err) { /* some browsers allow notifications only from a service worker */ }
+  }
+
+  function askNotifications() {
+    if ("Notification" in window && Notification.permission === "default") {
+      Notification.requestPermission().catch(() => {});
+    }
   }
 
   // Run fn after every frame already received, so a history load and live frames never race.
@@ -607,6 +628,7 @@
       return tb - ta || b.id - a.id;
     });
     $("conv-empty").hidden = convs.length > 0;
+    renderTitle(convs);
     list.replaceChildren(...convs.map((c) => {
       const name = convName(c);
       const av = h("span", { class: "avatar" });
@@ -632,6 +654,16 @@
     }));
   }
 
+  // The tab says how many messages wait, so a background tab shows it.
+  function renderTitle(convs) {
+    let unread = 0;
+    for (const c of convs) {
+      const seen = c.id === state.current && document.visibilityState === "visible";
+      if (!seen) unread += c.unread || 0;
+    }
+    document.title = unread ? `(${unread}) Warbler` : "Warbler";
+  }
+
   function renderThreadHead() {
     const c = state.convs.get(state.current);
     if (!c) return;
@@ -647,7 +679,38 @@
       sub = (peer ? "@" + peer.username : "") + (state.online.has(c.peer_id) ? " · online" : "");
     }
     $("thread-sub").textContent = sub;
-    $("add-members-btn").hidden = c.kind !== "group";
+    $("add-members-btn").hidden = !canManage(c);
+  }
+
+  // Owners and admins add members; the server answers 403 to anyone else, so others never
+  // see the button.
+  function canManage(c) {
+    if (!c || c.kind !== "group" || !c.members) return false;
+    const mine = c.members.find((m) => m.user_id === state.session.user.id);
+    return !!mine && (mine.role === "owner" || mine.role === "admin");
+  }
+
+  // Message text with its http(s) links as <a> elements. Built from text nodes and elements,
+  // never parsed as HTML; only http and https URLs become links (no javascript: or data:).
+  const URL_RE = /\bhttps?:\/\/[^\s<>"']+/gi;
+  function linkify(text) {
+    const parts = [];
+    let last = 0;
+    for (const match of text.matchAll(URL_RE)) {
+      // Trailing punctuation usually ends the sentence, not the URL.
+      const url = match[0].replace(/[.,;:!?)\]]+$/, "");
+      let href = null;
+      try {
+        const parsed = new URL(url);
+        if (parsed.protocol === "http:" || parsed.protocol === "https:") href = parsed.href;
+      } catch (err) { /* not a URL after all: stays text */ }
+      if (!href) continue;
+      parts.push(text.slice(last, match.index));
+      parts.push(h("a", { href, target: "_blank", rel: "noopener noreferrer nofollow" }, url));
+      last = match.index + url.length;
+    }
+    parts.push(text.slice(last));
+    return parts.filter((p) => p !== "");
   }
 
   function renderTyping() {
@@ -700,7 +763,7 @@
       const text = typeof m.body === "string" ? m.body : JSON.stringify(m.body);
       const li = h("li", { class: "msg " + (mine ? "mine" : "theirs") + (prevSender === m.sender_id ? " cont" : ""), dataset: { seq: String(m.seq), sender: String(m.sender_id) } },
         showName ? h("span", { class: "sender", style: `color: hsl(${hue(m.sender_id)} 55% 40%)` }, sender ? sender.display_name || sender.username : `user ${m.sender_id}`) : null,
-        h("span", { class: "bubble" }, h("span", { class: "body" }, text), h("span", { class: "meta" }, timeOf(m.created_at))));
+        h("span", { class: "bubble" }, h("span", { class: "body" }, linkify(text)), h("span", { class: "meta" }, timeOf(m.created_at))));
       if (mine && lastMine && m.seq === lastMine.seq) {
         const readers = others.filter(([, seq]) => seq >= m.seq);
         let label = "Sent";
@@ -731,6 +794,8 @@
     state.current = id;
     $("thread-empty").hidden = true;
     $("thread").hidden = false;
+    // On a narrow screen the thread replaces the list (the back button returns to it).
+    $("chat-view").classList.add("thread-open");
     try {
       await loadConversation(id);
       // In the frame queue: the page then holds every message applied so far, and the live
@@ -784,9 +849,12 @@
   }
 
   function closeThread() {
+    sendTyping(false);
     state.current = null;
     $("thread").hidden = true;
     $("thread-empty").hidden = false;
+    $("chat-view").classList.remove("thread-open");
+    renderConversations();
   }
 
   function showSidebarError(text) {
@@ -963,6 +1031,10 @@
     $("new-direct-form").addEventListener("submit", onNewDirect);
     $("new-group-btn").addEventListener("click", () => openGroupDialog("create"));
     $("add-members-btn").addEventListener("click", () => openGroupDialog("add"));
+    $("back-btn").addEventListener("click", closeThread);
+    // The first click or key in the chat counts as the gesture that may ask for notifications.
+    $("chat-view").addEventListener("click", askNotifications, { once: true });
+    $("chat-view").addEventListener("keydown", askNotifications, { once: true });
     $("group-form").addEventListener("submit", onGroupSubmit);
     $("group-cancel").addEventListener("click", () => $("group-dialog").close());
     $("older-btn").addEventListener("click", () => loadOlder().catch((err) => showSidebarError(err.message)));
@@ -989,6 +1061,7 @@
         renderMessages(false);
         markRead(state.current);
       }
+      renderConversations();
     });
   }
 

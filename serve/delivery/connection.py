@@ -59,6 +59,9 @@ class Connection:
         self._sync_convs: set[int] = set()
         self._buffer: list[LiveMessage] = []
         self._own_sends: dict[str, float] = {}
+        # Per conversation, the read position this socket itself asked for or was answered:
+        # the entity's broadcast of that receipt would repeat the answer (without its id).
+        self._own_reads: dict[int, int] = {}
         self.closed = False
         self.overflowed = False
         # Set when the socket must go (slow consumer, lost ordering); the endpoint closes it.
@@ -113,6 +116,20 @@ class Connection:
         if len(self._own_sends) > 1024:
             self._own_sends = {k: t for k, t in self._own_sends.items() if t > now}
         self._own_sends[client_msg_id] = now + _OWN_SEND_TTL_S
+
+    # -- own reads --------------------------------------------------------------------------
+
+    def note_own_read(self, conversation_id: int, seq: int) -> None:
+        """This socket marks ``conversation_id`` read up to ``seq`` (asked, or as answered)."""
+        self._own_reads[conversation_id] = seq
+
+    def wants_receipt(self, conversation_id: int, user_id: int, read_seq: int) -> bool:
+        """False for the broadcast of a receipt this socket asked for itself: it has the answer
+        (a read position never moves back, so one at or below its own tells it nothing)."""
+        if user_id != self.user_id:
+            return True
+        own = self._own_reads.get(conversation_id)
+        return own is None or read_seq > own
 
     # -- live messages and sync -------------------------------------------------------------
 

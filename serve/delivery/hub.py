@@ -376,8 +376,10 @@ class DeliveryHub:
         elif ftype in ("receipt", "typing", "presence"):
             # Receipts go to every member socket (the reader's other devices too); typing and
             # presence only to the others.
-            skip = None if ftype == "receipt" else frame.get("user_id")
-            self._broadcast(ident, payload.decode(), skip_user=skip)
+            if ftype == "receipt":
+                self._broadcast_receipt(ident, frame, payload.decode())
+                return
+            self._broadcast(ident, payload.decode(), skip_user=frame.get("user_id"))
         elif ftype == "conversation":
             self._broadcast(ident, payload.decode(), skip_user=None)
 
@@ -407,6 +409,17 @@ class DeliveryHub:
             if uid == skip_user:
                 continue
             for conn in self._users[uid].conns:
+                conn.send(text)
+                self.frames_out += 1
+
+    def _broadcast_receipt(self, conv: int, frame: dict[str, Any], text: str) -> None:
+        # Not to the socket that sent the `read`: it got the receipt as its answer.
+        uid, read_seq = frame.get("user_id"), frame.get("read_seq")
+        for member in self._conv_users.get(conv, ()):
+            for conn in self._users[member].conns:
+                if isinstance(uid, int) and isinstance(read_seq, int):
+                    if not conn.wants_receipt(conv, uid, read_seq):
+                        continue
                 conn.send(text)
                 self.frames_out += 1
 

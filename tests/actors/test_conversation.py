@@ -87,11 +87,15 @@ async def test_appends_get_gapless_seqs_in_order_and_retries_are_idempotent(
     assert [e.seq for e in events] == list(range(2, 22))
     assert not any(e.duplicate for e in events)
 
-    again = await ask(entity, text(ann, "m3", "different body"))
+    again = await ask(entity, text(ann, "m3", "3"))
     assert again.duplicate and again.seq == events[3].seq and again.body == {"text": "3"}
-    # Beyond the state's memory of recent ids, the writer's SQL look-up still dedupes.
-    old = await ask(entity, text(ann, "m0"))
+    # The same id for another message is a client bug: a conflict, not a duplicate.
+    await expect_error(ErrorCode.CONFLICT, entity, text(ann, "m3", "different body"))
+    # Beyond the state's memory of recent ids, the writer's SQL look-up still dedupes...
+    old = await ask(entity, text(ann, "m0", "0"))
     assert old.duplicate and old.seq == 2
+    # ... and still tells a changed resend apart.
+    await expect_error(ErrorCode.CONFLICT, entity, text(ann, "m1", "changed"))
     page = await ctx.messages.page_messages(entity.state.conversation_id, after_seq=0, limit=100)
     assert [m.seq for m in page] == list(range(1, 22))
 

@@ -1,9 +1,12 @@
 """The web chat page in headless Chromium: two users in two browser contexts register, open a
-direct conversation, exchange messages, and see each other's messages, typing and read receipts."""
+direct conversation, exchange messages, and see each other's messages, typing and read receipts;
+on a phone-sized screen, the list/thread view, links, wrapping, the unread count in the tab title,
+notifications, and which buttons a plain member gets."""
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -45,8 +48,10 @@ async def browser() -> AsyncIterator[Any]:
         await browser.close()
 
 
-async def open_page(browser: Any, errors: list[str]) -> Any:
-    context = await browser.new_context(viewport={"width": 1180, "height": 720})
+async def open_page(
+    browser: Any, errors: list[str], *, width: int = 1180, height: int = 720
+) -> Any:
+    context = await browser.new_context(viewport={"width": width, "height": height})
     page = await context.new_page()
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.set_default_timeout(TIMEOUT_MS)
@@ -163,3 +168,109 @@ async def test_wrong_password_shows_an_error(browser: Any, gateway_url: str, uid
     await expect(page.locator("#auth-error")).to_have_text("Wrong username or password.")
     assert await page.locator("#chat-view").is_hidden()
     assert errors == []
+
+
+# Stands in for the browser's Notification API (headless Chromium shows none): records what the
+# page asks for and shows, so the test sees when permission is requested and what is notified.
+FAKE_NOTIFICATIONS = """
+window.__notes = [];
+window.__asked = 0;
+window.Notification = function (title, options) {
+  window.__notes.push({ title, body: options && options.body });
+  this.close = () => {};
+};
+window.Notification.permission = "default";
+window.Notification.requestPermission = () => {
+  window.__asked += 1;
+  window.Notification.permission = "granted";
+  return Promise.resolve("granted");
+};
+"""
+
+
+async def test_phone_layout_links_wrapping_title_and_member_buttons(
+    browser: Any, gateway_url: str, uid: str, tmp_path: Path
+) -> None:
+    from playwright.async_api import expect
+
+    errors: list[str] = []
+    alice = await open_page(browser, errors, width=390, height=844)
+    bob = await open_page(browser, errors, width=390, height=844)
+    await bob.add_init_script(FAKE_NOTIFICATIONS)
+    await register(alice, gateway_url, f"alice_{uid}", "Alice")
+    await register(bob, gateway_url, f"bob_{uid}", "Bob")
+
+    # A phone shows one pane: the list, until a conversation opens.
+    await expect(alice.locator(".sidebar")).to_be_visible()
+    await expect(alice.locator(".thread")).to_be_hidden()
+    await alice.click("#new-group-btn")
+    await alice.fill("#group-title", "Phones")
+    await alice.fill("#group-members", f"bob_{uid}")
+    await alice.click("#group-submit")
+    await expect(alice.locator("#thread-name")).to_have_text("Phones")
+    await expect(alice.locator(".sidebar")).to_be_hidden()
+    await expect(alice.locator("#back-btn")).to_be_visible()
+    # The owner may add members.
+    await expect(alice.locator("#add-members-btn")).to_be_visible()
+
+    # Bob's first click in the chat is the gesture that asks for notification permission;
+    # nothing asked before it.
+    assert await bob.evaluate("window.__asked") == 0
+    await bob.locator("#conv-list .conv", has_text="Phones").wait_for()
+    await bob.click(".sidebar-head")
+    assert await bob.evaluate("window.__asked") == 1
+
+    # Alice writes a link, a fake link and a very long word.
+    await alice.fill("#message-input", "docs: https://example.com/a?b=1. not javascript:alert(1)")
+    await alice.press("#message-input", "Enter")
+    long_word = "w" * 400
+    await alice.fill("#message-input", long_word)
+    await alice.press("#message-input", "Enter")
+    await expect(alice.locator(".msg.mine[data-seq]")).to_have_count(2)
+
+    # Bob is on his list: the tab counts the unread messages and he got a notification.
+    await expect(bob).to_have_title(re.compile(r"^\(\d+\) Warbler$"))
+    await bob.wait_for_function("window.__notes.length >= 2")
+    notes = await bob.evaluate("window.__notes")
+    assert notes[-1]["title"] == "Alice in Phones", notes
+    assert notes[-1]["body"] == long_word, notes
+
+    # He opens it: the thread replaces the list, the count leaves the title.
+    await bob.locator("#conv-list .conv", has_text="Phones").click()
+    await expect(bob.locator(".sidebar")).to_be_hidden()
+    await expect(bob).to_have_title("Warbler")
+    # A plain member gets no "Add members" (the server would answer 403).
+    await expect(bob.locator("#thread-name")).to_have_text("Phones")
+    await expect(bob.locator("#add-members-btn")).to_be_hidden()
+
+    # The link is an <a> to exactly that URL, opened safely; the rest stays text.
+    first = bob.locator(".msg.theirs .body").first
+    await expect(first).to_have_text("docs: https://example.com/a?b=1. not javascript:alert(1)")
+    links = first.locator("a")
+    await expect(links).to_have_count(1)
+    await expect(links).to_have_attribute("href", "https://example.com/a?b=1")
+    await expect(links).to_have_attribute("rel", "noopener noreferrer nofollow")
+    await expect(links).to_have_attribute("target", "_blank")
+
+    # The long word wraps inside its bubble: nothing is wider than the screen.
+    await expect(bob.locator(".msg.theirs .body").last).to_have_text(long_word)
+    layout = await bob.evaluate(
+        """(() => {
+          const boxes = [...document.querySelectorAll('.msg .bubble')]
+            .map((e) => e.getBoundingClientRect());
+          const m = document.getElementById('messages');
+          return { left: Math.min(...boxes.map((b) => b.left)),
+                   right: Math.max(...boxes.map((b) => b.right)),
+                   tallest: Math.max(...boxes.map((b) => b.height)),
+                   screen: window.innerWidth, overflow: m.scrollWidth - m.clientWidth };
+        })()"""
+    )
+    assert layout["left"] >= 0 and layout["right"] <= layout["screen"] == 390, layout
+    assert layout["overflow"] <= 0 and layout["tallest"] > 60, layout  # wrapped: several lines
+    await bob.screenshot(path=str(tmp_path / "bob-phone.png"))
+
+    # Back returns to the list.
+    await bob.click("#back-btn")
+    await expect(bob.locator(".sidebar")).to_be_visible()
+    await expect(bob.locator(".thread")).to_be_hidden()
+    assert errors == [], errors

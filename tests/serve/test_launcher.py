@@ -66,6 +66,9 @@ def test_up_detach_then_down(tmp_path: Path) -> None:
             [WARBLER, "down"], env=env, capture_output=True, text=True, timeout=300
         )
     assert down.returncode == 0, down.stdout[-3000:] + down.stderr[-3000:]
+    # It says what it leaves on disk: the data dir, and the head's Ray session logs.
+    assert f"Left on disk: {data_dir}" in down.stdout, down.stdout
+    assert state["ray_session_dir"] and state["ray_session_dir"] in down.stdout, down.stdout
     assert not state_path.exists()
     assert not process_alive(state["ray_head_pid"])
     assert not process_alive(state["redis_pid"])
