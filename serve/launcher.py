@@ -27,7 +27,7 @@ import typer
 
 from serve.ingress import haproxy_dir, http_options, ingress_env
 from serve.raycluster import pids_with_arg, port_free, start_head, stop_head
-from storage.redis import process_alive
+from storage.redis import process_alive, terminate_process
 from warbler.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class UpState:
     launcher_pid: int
     haproxy_dir: str | None
     ray_token_path: str | None  # the started cluster's own auth token
+    prometheus_pid: int | None = None  # `up --monitoring`
 
     @staticmethod
     def path(data_dir: Path) -> Path:
@@ -132,6 +133,9 @@ def up(
     num_cpus: Annotated[
         int | None, typer.Option(help="CPUs of the local Ray node (default: all).")
     ] = None,
+    monitoring: Annotated[
+        bool, typer.Option(help="Also start a local Prometheus (if installed) on port 9090.")
+    ] = False,
 ) -> None:
     """Start Warbler: Ray, Redis, the database schema, the actor hosts and the gateway."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -197,6 +201,8 @@ def up(
         state.save()
         _deploy(settings, address)
         _wait_ready(http_url)
+        if monitoring:
+            _start_monitoring(state)
     except BaseException:
         typer.echo("warbler up failed; stopping what it started", err=True)
         current = UpState.load(data_dir)
@@ -229,6 +235,19 @@ def _deploy(settings: Settings, address: str) -> None:
     ensure_controller(settings)
     serve.start(http_options=http_options(settings))
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+
+
+def _start_monitoring(state: UpState) -> None:
+    from warbler import prometheus
+
+    proc = prometheus.start(Path(state.data_dir))
+    if proc is None:
+        typer.echo("  (no `prometheus` binary: apt install prometheus; see docs/operations.md)")
+        return
+    state.prometheus_pid = proc.pid
+    state.save()
+    url = f"http://127.0.0.1:{prometheus.DEFAULT_PORT}/"
+    typer.echo(f"  Prometheus: {url} (Grafana dashboard: deploy/grafana/)")
 
 
 def _print_urls(
@@ -288,6 +307,8 @@ def _stop(state: UpState) -> None:
         for pid in pids_with_arg(state.haproxy_dir):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+    if state.prometheus_pid is not None and process_alive(state.prometheus_pid):
+        terminate_process(state.prometheus_pid, 10.0, what="prometheus")
     if state.redis_pid is not None:
         from storage import EmbeddedRedis
 
