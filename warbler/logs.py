@@ -74,7 +74,8 @@ class JsonFormatter(logging.Formatter):
         }
         entry.update(_CONTEXT.get())
         for key, value in vars(record).items():
-            if key not in _STANDARD and key not in entry:
+            # Ray adds private attributes (``_ray_timestamp_ns``): not ours to print.
+            if key not in _STANDARD and key not in entry and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)

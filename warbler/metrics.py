@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
     from warbler.config import Settings
@@ -88,70 +88,71 @@ class HistogramChild:
         self.count += 1
 
 
-class _Family:
+_C = TypeVar("_C", CounterChild, GaugeChild, HistogramChild)
+
+
+class _Family(Generic[_C]):
     kind = ""
 
     def __init__(self, name: str, help: str, labels: tuple[str, ...] = ()) -> None:
         self.name = name
         self.help = help
         self.labels = labels
-        self._children: dict[Any, Any] = {}
+        self._children: dict[tuple[str, ...], _C] = {}
         REGISTRY.append(self)
 
-    def _key(self, values: tuple[str, ...]) -> Any:
-        if len(values) != len(self.labels):
-            raise ValueError(f"{self.name} takes labels {self.labels}, got {values}")
-        return values[0] if len(values) == 1 else values
+    def child(self, *values: str) -> _C:
+        """The child of one label set, made once (keep it, or look it up: one dict get)."""
+        found = self._children.get(values)
+        if found is None:
+            if len(values) != len(self.labels):
+                raise ValueError(f"{self.name} takes labels {self.labels}, got {values}")
+            found = self._children[values] = self._new()
+        return found
 
-    def items(self) -> list[tuple[dict[str, str], Any]]:
+    def _new(self) -> _C:
+        raise NotImplementedError
+
+    @property
+    def exported(self) -> str:
+        """The series name Prometheus sees (a histogram: its ``_bucket`` series)."""
+        return f"{PREFIX}{self.name}"
+
+    def items(self) -> list[tuple[dict[str, str], _C]]:
         """Every child with its labels (a copy: the flusher runs in another thread)."""
-        out = []
-        for key, child in list(self._children.items()):
-            values = (key,) if isinstance(key, str) else tuple(key)
-            out.append((dict(zip(self.labels, values, strict=True)), child))
-        return out
+        return [
+            (dict(zip(self.labels, key, strict=True)), child)
+            for key, child in list(self._children.items())
+        ]
 
 
-class Counter(_Family):
+class Counter(_Family[CounterChild]):
     """A monotonic count (exported as ``ray_<name>_total``)."""
 
     kind = "counter"
 
+    def _new(self) -> CounterChild:
+        return CounterChild()
+
     def items_by_value(self) -> list[tuple[str, float]]:
         """(first label value, count) of every child (a single-label counter's totals)."""
-        return [(next(iter(labels.values()), ""), child.value) for labels, child in self.items()]
-
-    def child(self, *values: str) -> CounterChild:
-        """The child of one label set (cached: keep it, or look it up by a plain str)."""
-        key = self._key(values)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = CounterChild()
-        return found
+        return [(key[0] if key else "", child.value) for key, child in list(self._children.items())]
 
     @property
     def exported(self) -> str:
         return f"{PREFIX}{self.name}_total"
 
 
-class Gauge(_Family):
+class Gauge(_Family[GaugeChild]):
     """A value that goes up and down (exported as ``ray_<name>``)."""
 
     kind = "gauge"
 
-    def child(self, *values: str) -> GaugeChild:
-        key = self._key(values)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = GaugeChild()
-        return found
-
-    @property
-    def exported(self) -> str:
-        return f"{PREFIX}{self.name}"
+    def _new(self) -> GaugeChild:
+        return GaugeChild()
 
 
-class Histogram(_Family):
+class Histogram(_Family[HistogramChild]):
     """A distribution (exported as ``ray_<name>_bucket`` / ``_sum`` / ``_count``)."""
 
     kind = "histogram"
@@ -162,19 +163,15 @@ class Histogram(_Family):
         super().__init__(name, help, labels)
         self.buckets = tuple(sorted(buckets))
 
-    def child(self, *values: str) -> HistogramChild:
-        key = self._key(values)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = HistogramChild(self.buckets)
-        return found
+    def _new(self) -> HistogramChild:
+        return HistogramChild(self.buckets)
 
     @property
     def exported(self) -> str:
         return f"{PREFIX}{self.name}_bucket"
 
 
-REGISTRY: list[_Family] = []
+REGISTRY: list[_Family[Any]] = []
 
 # -- gateway -----------------------------------------------------------------------------------
 SOCKETS = Gauge("warbler_gateway_sockets", "Open WebSockets (after hello) on the replica.")
@@ -258,7 +255,7 @@ def observe_lag(created_at: object) -> None:
         _LAG.observe(max(0.0, time.time() - stamp))
 
 
-def families() -> list[_Family]:
+def families() -> list[_Family[Any]]:
     """Every declared metric."""
     return list(REGISTRY)
 
@@ -271,7 +268,7 @@ def exported_names() -> set[str]:
             base = f"{PREFIX}{fam.name}"
             names |= {f"{base}_bucket", f"{base}_sum", f"{base}_count"}
         else:
-            names.add(fam.exported)  # type: ignore[attr-defined]
+            names.add(fam.exported)
     return names
 
 
@@ -351,7 +348,7 @@ class _Flusher(threading.Thread):
             metric = self._ray[name] = cls(name, description=help, tag_keys=tag_keys)
         return metric
 
-    def _push(self, fam: _Family, labels: dict[str, str], child: Any) -> None:
+    def _push(self, fam: _Family[Any], labels: dict[str, str], child: Any) -> None:
         keys = fam.labels
         if isinstance(child, CounterChild):
             value = child.value
