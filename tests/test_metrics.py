@@ -79,3 +79,16 @@ def test_importing_metrics_does_not_import_ray() -> None:
     # The SDK (client/) imports warbler/ on machines without Ray.
     code = "import sys, warbler.metrics, warbler.logs; sys.exit('ray' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_bench_switches_metrics_off_for_the_cluster_it_starts() -> None:
+    from loadtest.bench import cluster_env, parser, run
+
+    assert cluster_env(parser().parse_args(["direct", "--metrics", "off"])) == {
+        "WARBLER_METRICS": "false"
+    }
+    assert "WARBLER_METRICS" not in cluster_env(parser().parse_args(["direct"]))
+    from warbler.errors import WarblerError
+
+    with pytest.raises(WarblerError, match="starts its own clusters"):
+        run(parser().parse_args(["direct", "--metrics", "compare", "--host", "http://127.0.0.1:1"]))

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import math
+from typing import Any
 
 import pytest
 from rich.console import Console
 
+from tests.support import GatewayInfo
 from warbler import metrics
-from warbler.status import Scrape, parse, quantile, render, summarize
+from warbler.config import Settings
+from warbler.status import (
+    Scrape,
+    metrics_urls,
+    parse,
+    quantile,
+    read_actors,
+    render,
+    scrape,
+    summarize,
+)
 
 _TEXT = """\
 # HELP ray_warbler_gateway_frames_in_total Client frames received, by type.
@@ -63,3 +76,21 @@ def test_summary_rates_between_two_scrapes() -> None:
     console.print(render(status))
     text = console.export_text()
     assert "h0" in text and "running:2" in text and "10.0" in text
+
+
+@pytest.mark.ray
+def test_status_reads_the_session_cluster(
+    gateway: GatewayInfo, hosts: list[Any], settings: Settings
+) -> None:
+    nodes, host_stats, replicas = read_actors(settings)
+    assert nodes == 1
+    assert len(host_stats) == len(hosts)
+    assert all(stats is not None and stats["name"] in host_stats for stats in host_stats.values())
+    assert replicas.get("RUNNING", 0) >= gateway.settings.gateway_initial_replicas
+    now = scrape(metrics_urls())
+    assert not now.errors and now.samples  # Ray's own series at least
+    status = summarize(now, None, nodes=nodes, hosts=host_stats, replicas=replicas, decisions=[])
+    assert json.loads(json.dumps(status.as_dict()))["nodes"] == 1
+    console = Console(record=True, width=160)
+    console.print(render(status))
+    assert all(name in console.export_text() for name in host_stats)
