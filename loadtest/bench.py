@@ -223,7 +223,10 @@ def compare_metrics(
         args.cluster_env = [*given, f"WARBLER_METRICS={value}"]
         with warbler(args) as target:
             for name in names:
-                measured[name][label] = _measure(name, SCENARIOS[name], target, options)[0]
+                figures, _ = _measure(name, SCENARIOS[name], target, options)
+                measured[name][label] = figures
+                # As it comes: a cluster that fails to start later loses nothing measured.
+                print(f"metrics {label}: {name}:", figures and figures.to_json(), flush=True)
     args.cluster_env = given
     results = []
     for name in names:
