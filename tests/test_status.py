@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import time
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from rich.console import Console
 
@@ -94,3 +98,34 @@ def test_status_reads_the_session_cluster(
     console = Console(record=True, width=160)
     console.print(render(status))
     assert all(name in console.export_text() for name in host_stats)
+
+
+@pytest.mark.ray
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="no prometheus binary")
+def test_local_prometheus_scrapes_every_node(
+    gateway: GatewayInfo, settings: Settings, tmp_path: Path
+) -> None:
+    from serve.ingress import free_port
+    from storage.redis import terminate_process
+    from warbler import prometheus
+
+    port = free_port()
+    proc = prometheus.start(tmp_path, port=port)
+    assert proc is not None
+    try:
+        deadline = time.monotonic() + 120
+        found: list[Any] = []
+        while time.monotonic() < deadline and not found:
+            time.sleep(2)
+            try:
+                reply = httpx.get(
+                    f"http://127.0.0.1:{port}/api/v1/query",
+                    params={"query": metrics.SOCKETS.exported},
+                    timeout=5,
+                )
+                found = reply.json()["data"]["result"]
+            except (httpx.HTTPError, KeyError, ValueError):
+                continue
+        assert found, "Prometheus never scraped the node's Warbler metrics"
+    finally:
+        terminate_process(proc.pid, 10.0, what="prometheus")
