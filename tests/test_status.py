@@ -95,9 +95,10 @@ def test_status_reads_the_session_cluster(
     assert not now.errors and now.samples  # Ray's own series at least
     status = summarize(now, None, nodes=nodes, hosts=host_stats, replicas=replicas, decisions=[])
     assert json.loads(json.dumps(status.as_dict()))["nodes"] == 1
-    console = Console(record=True, width=160)
+    console = Console(record=True, width=300)  # wide: no column is cut
     console.print(render(status))
-    assert all(name in console.export_text() for name in host_stats)
+    text = console.export_text()
+    assert all(name in text for name in host_stats), (list(host_stats), text)
 
 
 @pytest.mark.ray

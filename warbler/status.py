@@ -239,7 +239,8 @@ def render(status: ClusterStatus) -> Any:
         f"{status.backlog:,.0f}",
     )
     hosts = Table(title="hosts")
-    for col in ("host", "active", "backlog", "loop lag ms", "batches", "appended"):
+    hosts.add_column("host", no_wrap=True)  # a wrapped name cannot be copied into a command
+    for col in ("active", "backlog", "loop lag ms", "batches", "appended"):
         hosts.add_column(col, justify="right")
     for name, stats in sorted(status.hosts.items()):
         if stats is None:
