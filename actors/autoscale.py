@@ -32,6 +32,7 @@ import ray
 
 from actors import cluster
 from actors.names import AUTOSCALER_NAME
+from warbler import metrics
 from warbler.config import Settings
 from warbler.errors import ErrorCode, WarblerError
 
@@ -436,6 +437,7 @@ class HostPoolController:
         self._interval_s = settings.host_autoscale_interval_s
         self._history: deque[dict[str, Any]] = deque(maxlen=_HISTORY)
         self._steps = 0
+        metrics.configure(settings)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
@@ -448,6 +450,7 @@ class HostPoolController:
 
     def _record(self, result: StepResult, began: float) -> None:
         decision = result.decision
+        metrics.DECISIONS.child(decision.action.value).inc()
         entry = {
             "t": began,  # when it read the loads and decided
             "took_s": round(time.time() - began, 3),  # the action: node launch, shard move

@@ -30,6 +30,7 @@ from actors.mailbox import ACTIVATING, ACTIVE, GONE, PASSIVATING, Activation, Re
 from actors.names import NEW_CONVERSATION_KEY, parse_key
 from actors.session import UserSessionEntity
 from actors.wire import BatchReply, Envelope, stale_epoch
+from warbler import metrics
 from warbler.errors import ErrorCode, WarblerError
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ _EVICT_BATCH = 1024
 # a few hundred bytes).
 _HOT_BATCH = 256
 _LATENCY_SAMPLES = 4096
+_HOST_BATCH = metrics.HOST_BATCH.child()
+_MOVED = metrics.MOVED.child()
+_REDIS_CHECKPOINT = metrics.REDIS_SECONDS.child("checkpoint")
 
 
 class HostCore:
@@ -122,7 +126,9 @@ class HostCore:
         in-flight messages, checkpoint and passivate them. Returns how many were passivated."""
         committed = [m for m in self.ownership.maps if m.epoch < pending.epoch][:1]
         self._set_maps([*committed, pending])
-        return await self.passivate_where(lambda key: not self.ownership.owns(key))
+        moved = await self.passivate_where(lambda key: not self.ownership.owns(key))
+        _MOVED.inc(moved)
+        return moved
 
     async def adopt(self, committed: ShardMap) -> int:
         """Step (4): serve exactly what ``committed`` assigns to this host. Returns how many
@@ -146,6 +152,7 @@ class HostCore:
             await self.refresh_map()
         self.batches += 1
         self.envelopes += len(envelopes)
+        _HOST_BATCH.observe(len(envelopes))
         reply = Reply(len(envelopes))
         owns = self.ownership.owns
         for index, (key, message) in enumerate(envelopes):
@@ -248,6 +255,7 @@ class HostCore:
         if replayed or activation.redis_mark < 0:
             self._mark_dirty(activation)
         self.activations += 1
+        metrics.ACTIVATIONS.child(activation.key.partition(":")[0]).inc()
         if elapsed_ms is not None:
             self.activation_ms.append(elapsed_ms)
         activation.start()
@@ -301,7 +309,10 @@ class HostCore:
             chunk = hot[first : first + _HOT_BATCH]
             try:
                 async with self._io:
-                    await self._checkpointer.save_hot_many([(a.key, v, s) for a, _, v, s in chunk])
+                    with metrics.timed(_REDIS_CHECKPOINT):
+                        await self._checkpointer.save_hot_many(
+                            [(a.key, v, s) for a, _, v, s in chunk]
+                        )
             except Exception:
                 logger.warning(
                     "hot checkpoint of %d entities (%s, ...) failed",
@@ -358,6 +369,7 @@ class HostCore:
             self._dirty.pop(key, None)
             self._closing.pop(key).set_result(None)
             self.passivations += 1
+            metrics.PASSIVATIONS.child(key.partition(":")[0]).inc()
 
     async def passivate_where(self, predicate: Callable[[str], bool]) -> int:
         """Passivate every activation whose key matches ``predicate``; how many there were."""
@@ -432,6 +444,15 @@ class HostCore:
     def is_active(self, key: str) -> bool:
         """True if ``key`` has an activation here."""
         return key in self._table
+
+    def collect_metrics(self) -> None:
+        """Set the host's gauges (warbler.metrics calls it before each push, from its thread:
+        it reads ints only)."""
+        metrics.BACKLOG.child().set(self.backlog)
+        metrics.LOOP_LAG.child().set(self.loop_lag_ms / 1000.0)
+        passivated = dict(metrics.PASSIVATIONS.items_by_value())
+        for kind, activated in metrics.ACTIVATIONS.items_by_value():
+            metrics.ACTIVE.child(kind).set(activated - passivated.get(kind, 0.0))
 
     def stats(self) -> dict[str, Any]:
         """Counters for tests, metrics and the benchmark."""

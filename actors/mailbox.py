@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any
 
 from actors.entity import Entity, Later
+from warbler import logs
 from warbler.errors import ErrorCode, WarblerError
 
 logger = logging.getLogger(__name__)
@@ -123,14 +124,18 @@ class Activation:
         entity = self.entity
         assert entity is not None
         current: tuple[Reply, int] | None = None
+        # Log context: the entity, and the message's client_msg_id (it travelled in the batch).
+        logs.bind(entity=self.key)
         try:
             while self.queue:
                 message, reply, index = self.queue.popleft()
                 current = (reply, index)
+                token = logs.bind(client_msg_id=getattr(message, "client_msg_id", None))
                 try:
                     result: object = await entity.handle(message)
                 except Exception as exc:
                     result = as_error(exc, self.key)
+                logs.unbind(token)
                 current = None
                 self._deliver(reply, index, result)
         finally:

@@ -26,8 +26,10 @@ from actors.wire import BatchReply, Envelope
 from storage.db import Database
 from storage.redis import connect_redis
 from storage.writer import SeqCounter
+from warbler import metrics
 from warbler.config import Settings
 from warbler.errors import ErrorCode, WarblerError
+from warbler.logs import setup_logging
 
 
 def _rss_bytes() -> int:
@@ -55,6 +57,8 @@ class ActorHost:
         self._ready_at = 0.0
         self._core: HostCore | None = None
         self._starting: asyncio.Task[HostCore] | None = None
+        setup_logging(settings, f"host:{name}")
+        metrics.configure(settings)
 
     async def _ready(self) -> HostCore:
         if self._core is not None:
@@ -72,6 +76,7 @@ class ActorHost:
         core = HostCore(self._name, ctx, DirectoryStore(redis, ctx.keys))
         await core.start()
         self._core = core
+        metrics.add_collector(core.collect_metrics)
         self._ready_at = time.time()
         return core
 

@@ -85,6 +85,9 @@ def parser() -> argparse.ArgumentParser:
                    help="py-spy the hosts and gateway replicas during throughput phases; "
                    "raw stacks go to DIR, a summary to the report")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is not met")
+    p.add_argument("--metrics", choices=["on", "off", "compare"], default="on",
+                   help="WARBLER_METRICS of the cluster the bench starts; compare: one cluster "
+                        "with metrics on, then one with them off, in this run (no relay)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -170,6 +173,8 @@ def cluster_env(args: argparse.Namespace) -> dict[str, str]:
         if not sep or not key:
             raise WarblerError(ErrorCode.VALIDATION, f"--cluster-env wants KEY=VALUE, got {item!r}")
         extra[key] = value
+    if getattr(args, "metrics", "on") == "off":
+        extra["WARBLER_METRICS"] = "false"
     return extra
 
 
@@ -211,6 +216,8 @@ def run(args: argparse.Namespace) -> list[ScenarioResult]:
     options = options_from(args)
     cluster_env(args)  # refuse a bad --cluster-env before minutes of baseline runs
     names = scenario_names(args)
+    if args.metrics == "compare":
+        return compare_metrics(args, names, options)
     results: list[ScenarioResult] = []
     baselines: dict[str, tuple[Figures | None, list[str]]] = {}
     if not args.no_baseline:
@@ -230,6 +237,36 @@ def run(args: argparse.Namespace) -> list[ScenarioResult]:
         result = SCENARIOS[name].result(
             warbler_figures, base_figures, warbler_limits + base_limits, options
         )
+        print(render_table(result))
+        print(json_line(result), flush=True)
+        results.append(result)
+    return results
+
+
+def compare_metrics(
+    args: argparse.Namespace, names: list[str], options: ScaleOptions
+) -> list[ScenarioResult]:
+    """Each scenario on a cluster with metrics on, then on one with them off: the overhead
+    of recording and exporting (docs/benchmarks.md, "Metrics overhead")."""
+    if args.host:
+        raise WarblerError(ErrorCode.VALIDATION, "--metrics compare starts its own clusters")
+    given = list(args.cluster_env)
+    measured: dict[str, dict[str, Figures | None]] = {name: {} for name in names}
+    for label, value in (("on", "true"), ("off", "false")):
+        args.cluster_env = [*given, f"WARBLER_METRICS={value}"]
+        with warbler(args) as target:
+            for name in names:
+                figures, _ = _measure(name, SCENARIOS[name], target, options)
+                measured[name][label] = figures
+                # As it comes: a cluster that fails to start later loses nothing measured.
+                print(f"metrics {label}: {name}:", figures and figures.to_json(), flush=True)
+    args.cluster_env = given
+    results = []
+    for name in names:
+        on, off = measured[name].get("on"), measured[name].get("off")
+        result = SCENARIOS[name].result(on, off, ["baseline column: the same with metrics off"],
+                                        options)
+        print(f"metrics on (warbler) vs off (baseline): {name}")
         print(render_table(result))
         print(json_line(result), flush=True)
         results.append(result)

@@ -22,7 +22,9 @@ from actors.autoscale import ensure_controller
 from serve.api import create_api
 from serve.context import GatewayContext
 from storage import Database
+from warbler import metrics
 from warbler.config import Settings
+from warbler.logs import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._ctx: GatewayContext | None = None
+        setup_logging(settings, "gateway")
+        metrics.configure(settings)
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         # Serve calls this once, after __init__, inside the replica's event loop.

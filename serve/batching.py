@@ -12,9 +12,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
+from warbler import metrics
 from warbler.errors import ErrorCode, WarblerError
 
 logger = logging.getLogger(__name__)
+_CALL_BATCH = metrics.CALL_BATCH.child()
 
 CallMany = Callable[[list[tuple[str, object]]], Awaitable[Sequence[object]]]
 
@@ -77,6 +79,7 @@ class CallCoalescer:
             await asyncio.sleep(0)
 
     async def _send(self, batch: list[tuple[str, object, asyncio.Future[object]]]) -> None:
+        _CALL_BATCH.observe(len(batch))
         try:
             results = await self._call_many([(key, msg) for key, msg, _ in batch])
         except BaseException as exc:  # the whole batch failed (e.g. runtime unavailable)

@@ -29,7 +29,7 @@ import typer
 
 from serve.ingress import haproxy_dir, http_options, ingress_env
 from serve.raycluster import pids_with_arg, port_free, start_head, stop_head
-from storage.redis import process_alive
+from storage.redis import process_alive, terminate_process
 from warbler.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class UpState:
     haproxy_dir: str | None
     ray_token_path: str | None  # the started cluster's own auth token
     ray_session_dir: str | None = None  # the started head's logs under /tmp/ray (kept on disk)
+    prometheus_pid: int | None = None  # `up --monitoring`
 
     @staticmethod
     def path(data_dir: Path) -> Path:
@@ -169,6 +170,9 @@ def up(
     num_cpus: Annotated[
         int | None, typer.Option(help="CPUs of the local Ray node (default: all).")
     ] = None,
+    monitoring: Annotated[
+        bool, typer.Option(help="Also start a local Prometheus (if installed) on port 9090.")
+    ] = False,
 ) -> None:
     """Start Warbler: Ray, Redis, the database schema, the actor hosts and the gateway."""
     # A closed stdout must raise EPIPE (handled by _say), not kill us silently mid-shutdown.
@@ -237,6 +241,8 @@ def up(
         state.ray_session_dir = _deploy(settings, address)
         state.save()
         _wait_ready(http_url)
+        if monitoring:
+            _start_monitoring(state)
     except BaseException:
         with _shielded():
             _say("warbler up failed; stopping what it started", err=True)
@@ -282,6 +288,19 @@ def _deploy(settings: Settings, address: str) -> str | None:
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     node = ray._private.worker._global_node  # no public API names a driver's session dir
     return str(node.get_session_dir_path()) if node is not None else None
+
+
+def _start_monitoring(state: UpState) -> None:
+    from warbler import prometheus
+
+    proc = prometheus.start(Path(state.data_dir))
+    if proc is None:
+        _say("  (no `prometheus` binary: apt install prometheus; see docs/operations.md)")
+        return
+    state.prometheus_pid = proc.pid
+    state.save()
+    url = f"http://127.0.0.1:{prometheus.DEFAULT_PORT}/"
+    _say(f"  Prometheus: {url} (Grafana dashboard: deploy/grafana/)")
 
 
 def _print_urls(
@@ -351,6 +370,8 @@ def _stop(state: UpState) -> None:
         for pid in pids_with_arg(state.haproxy_dir):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+    if state.prometheus_pid is not None and process_alive(state.prometheus_pid):
+        terminate_process(state.prometheus_pid, 10.0, what="prometheus")
     if state.redis_pid is not None:
         from storage import EmbeddedRedis
 

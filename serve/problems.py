@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from warbler import metrics
 from warbler.errors import ErrorCode, WarblerError
 from warbler.protocol import (
     PROBLEM_CONTENT_TYPE,
@@ -41,6 +42,7 @@ _HTTP_CODES: dict[int, ErrorCode] = {
 
 
 def problem_response(exc: WarblerError, request: Request) -> Response:
+    metrics.ERRORS.child(exc.code.value).inc()
     """The problem JSON response for an error raised while serving ``request``."""
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
     retry_ms = exc.details.get("retry_after_ms")

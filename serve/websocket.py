@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Coroutine
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from serve.context import GatewayContext
 from serve.delivery.connection import Connection
 from serve.tokens import AccessClaims
+from warbler import logs, metrics
 from warbler.errors import ErrorCode, WarblerError
 from warbler.protocol import (
     HELLO_TIMEOUT_S,
@@ -68,7 +70,16 @@ def _bearer(header: str | None) -> str | None:
     return None
 
 
+_FRAMES_OUT_ACK = metrics.FRAMES_OUT.child("ack")
+_FRAMES_OUT_ERROR = metrics.FRAMES_OUT.child("error")
+_ACK_SECONDS = metrics.ACK_SECONDS.child()
+_HELLO_SECONDS = metrics.HELLO_SECONDS.child()
+_SOCKETS = metrics.SOCKETS.child()
+
+
 def _error(exc: WarblerError, request_id: RequestId | None) -> str:
+    metrics.ERRORS.child(exc.code.value).inc()
+    _FRAMES_OUT_ERROR.inc()
     return dump_frame(ErrorFrame.from_error(exc, request_id))
 
 
@@ -80,10 +91,12 @@ class SocketSession:
         self._ws = websocket
         self._conn: Connection | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._counted = False  # in the sockets gauge
 
     async def run(self) -> None:
         """Serve the socket until the client or the server closes it."""
         ws = self._ws
+        accepted = time.perf_counter()
         await ws.accept()
         try:
             hello = await self._handshake()
@@ -118,6 +131,10 @@ class SocketSession:
                 await self._fail(exc, frame.id, CloseCode.INTERNAL)
                 return
             conn.send(dump_frame(self._hello_ok(frame, conn)))
+            metrics.FRAMES_OUT.child("hello_ok").inc()
+            _HELLO_SECONDS.observe(time.perf_counter() - accepted)
+            _SOCKETS.inc()
+            self._counted = True
             if frame.cursors is not None:
                 self._spawn(self._sync(frame.id, frame.cursors, begun=True))
             self._spawn(self._came_online(conn))
@@ -145,6 +162,8 @@ class SocketSession:
         await self._ctx.hub.detach(conn)
         await asyncio.gather(writer, closer, *self._tasks, return_exceptions=True)
         await self._went_offline(conn, directs)
+        if self._counted:
+            _SOCKETS.dec()
 
     # -- handshake ----------------------------------------------------------------------------
 
@@ -231,8 +250,10 @@ class SocketSession:
         except WarblerError as exc:
             conn.send(_error(exc, exc.details.get("request_id")))
             return
+        metrics.FRAMES_IN.child(frame.type).inc()
         if isinstance(frame, PingFrame):
             conn.send(dump_frame(PongFrame(id=frame.id, server_time=datetime.now(UTC))))
+            metrics.FRAMES_OUT.child("pong").inc()
             return
         if len(self._tasks) >= MAX_IN_FLIGHT:
             busy = WarblerError(ErrorCode.RATE_LIMITED, "too many requests in flight")
@@ -241,6 +262,8 @@ class SocketSession:
         self._spawn(self._handle(conn, frame))
 
     async def _handle(self, conn: Connection, frame: ClientFrame) -> None:
+        # This frame's own task: the fields follow it into the entity call and its logs.
+        logs.bind(request_id=frame.id, user_id=conn.user_id, device_id=conn.device_id)
         try:
             await self._dispatch(conn, frame)
         except WarblerError as exc:
@@ -254,6 +277,8 @@ class SocketSession:
     async def _dispatch(self, conn: Connection, frame: ClientFrame) -> None:
         chat = self._ctx.chat
         if isinstance(frame, SendFrame):
+            started = time.perf_counter()
+            logs.bind(client_msg_id=frame.client_msg_id, conversation_id=frame.conversation_id)
             event = await chat.append(conn.user_id, frame, conn)
             ack = AckFrame(
                 id=frame.id,
@@ -264,6 +289,9 @@ class SocketSession:
                 duplicate=event.duplicate,
             )
             conn.send(dump_frame(ack))
+            _FRAMES_OUT_ACK.inc()
+            _ACK_SECONDS.observe(time.perf_counter() - started)
+            logger.debug("acked seq %s of conversation %s", event.seq, event.conversation_id)
         elif isinstance(frame, SyncFrame):
             await self._sync(frame.id, frame.cursors, begun=False)
         elif isinstance(frame, HistoryFrame):

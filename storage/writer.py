@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -25,11 +26,15 @@ from storage.appends import (
     validate_draft,
 )
 from storage.db import Database
+from warbler import metrics
 from warbler.errors import ErrorCode, WarblerError
 
 __all__ = ["GroupCommitWriter", "MessageDraft", "SeqCounter", "StoredMessage"]
 
 logger = logging.getLogger(__name__)
+_COMMIT_BATCH = metrics.COMMIT_BATCH.child()
+_COMMIT_SECONDS = metrics.COMMIT_SECONDS.child()
+_COMMIT_ERRORS = metrics.SQL_ERRORS.child("commit")
 
 
 @dataclass(slots=True)
@@ -153,6 +158,8 @@ class GroupCommitWriter:
 
     async def _flush(self, batch: list[_Pending]) -> None:
         items = [(p.draft, p.counter) for p in batch]
+        _COMMIT_BATCH.observe(len(batch))
+        started = time.perf_counter()
         try:
             try:
                 results = await self._commit(items)
@@ -163,13 +170,26 @@ class GroupCommitWriter:
                 logger.info("group commit hit a unique conflict; retrying the batch once")
                 results = await self._commit(items)
         except Exception as exc:
-            logger.warning("group commit of %d messages failed: %r", len(batch), exc)
+            _COMMIT_ERRORS.inc()
+            logger.warning(
+                "group commit of %d messages failed: %r",
+                len(batch),
+                exc,
+                extra={"client_msg_ids": [p.draft.client_msg_id for p in batch[:50]]},
+            )
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(exc)
             return
+        _COMMIT_SECONDS.observe(time.perf_counter() - started)
         self.batches += 1
         self.appended += len(batch)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "committed %d messages",
+                len(batch),
+                extra={"messages": [(r.conversation_id, r.seq, r.client_msg_id) for r in results]},
+            )
         for p, result in zip(batch, results, strict=True):
             if not p.future.done():
                 p.future.set_result(result)

@@ -3,6 +3,8 @@ without Ray installed and `warbler --help` is instant."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 _OURS = {"warbler", "serve", "actors", "storage", "client", "loadtest"}
@@ -34,3 +36,82 @@ def _register() -> None:
 
 
 _register()
+
+
+@app.command("status")
+def status(
+    watch: Annotated[
+        float | None, typer.Option("--watch", help="Refresh every this many seconds.")
+    ] = None,
+    window: Annotated[
+        float, typer.Option(help="Seconds between the two scrapes that give rates (one shot).")
+    ] = 10.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (one object a refresh).")] = (
+        False
+    ),
+) -> None:
+    """Show the cluster: nodes, hosts, replicas, sockets, msgs/s, p99 ack, backlog, decisions."""
+    import json
+    import time
+    from pathlib import Path
+
+    from serve.launcher import UpState, _ray_auth_env
+    from warbler import status as st
+    from warbler.config import Settings
+
+    settings = Settings()
+    state = UpState.load(settings.data_dir.resolve())
+    if state is None or not state.running():
+        typer.echo(f"Warbler is not running from {settings.data_dir.resolve()}")
+        raise typer.Exit(1)
+    _ray_auth_env(Path(state.ray_token_path) if state.ray_token_path else None)
+    settings = settings.model_copy(
+        update={"namespace": state.namespace, "redis_url": state.redis_url}
+    )
+
+    import ray
+    from rich.console import Console
+    from rich.live import Live
+
+    from actors.autoscale import controller_status
+
+    ray.init(address=state.ray_address, namespace=state.namespace, log_to_driver=False)
+    console = Console()
+
+    def read(before: st.Scrape | None) -> tuple[st.Scrape, st.ClusterStatus]:
+        now = st.scrape(st.metrics_urls())
+        nodes, hosts, replicas = st.read_actors(settings)
+        auto = controller_status(settings)
+        decisions = list(auto["history"]) if auto else []
+        summary = st.summarize(
+            now, before, nodes=nodes, hosts=hosts, replicas=replicas, decisions=decisions
+        )
+        return now, summary
+
+    def show(summary: st.ClusterStatus) -> None:
+        if as_json:
+            typer.echo(json.dumps(summary.as_dict()))
+        else:
+            console.print(st.render(summary))
+
+    try:
+        first = st.scrape(st.metrics_urls())
+        if watch is None:
+            time.sleep(max(0.0, window))
+            show(read(first)[1])
+            return
+        previous, summary = read(None)
+        if as_json:
+            while True:
+                show(summary)
+                time.sleep(watch)
+                previous, summary = read(previous)
+        with Live(st.render(summary), console=console, refresh_per_second=1) as live:
+            while True:
+                time.sleep(watch)
+                previous, summary = read(previous)
+                live.update(st.render(summary))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ray.shutdown()

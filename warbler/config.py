@@ -112,6 +112,13 @@ class Settings(BaseSettings):
     batch_window_ms: float = 1.0
     batch_max: int = 512
 
+    # Observability (warbler.metrics, warbler.logs): metrics off exports nothing (the in-process
+    # counters remain, ~0.1 us each); logs as JSON lines or plain text.
+    metrics: bool = True
+    metrics_flush_s: float = 1.0
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
+
     extra_ray_env: dict[str, str] = Field(default_factory=dict)
 
     @property

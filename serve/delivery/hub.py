@@ -34,9 +34,14 @@ from actors.messages import MessageEvent
 from serve.convert import message_public, normalize_message_frame
 from serve.delivery.connection import Connection, LiveMessage
 from storage import EventBus, Keys, Subscriber
+from warbler import metrics
 from warbler.protocol import CloseCode, ConversationEventFrame, MessageFrame, dump_frame
 
 logger = logging.getLogger(__name__)
+
+_EVENTS = metrics.BUS_EVENTS.child()
+_DELIVERED = metrics.DELIVERIES.child()
+_GAP_FILLS = metrics.GAP_FILLS.child()
 
 ReadLog = Callable[[int, int, int | None, int | None, int], Awaitable[list[MessageEvent]]]
 """(user_id, conversation_id, after_seq, before_seq, limit) -> messages in ascending seq."""
@@ -364,6 +369,7 @@ class DeliveryHub:
         if target is None:
             return
         self.events_in += 1
+        _EVENTS.inc()
         frame: dict[str, Any] = json.loads(payload)
         kind, ident = target
         if kind == "user":
@@ -400,7 +406,10 @@ class DeliveryHub:
                 have = conn.offer(msg)
                 if have is not None:
                     gaps.setdefault(have, []).append(conn)
-        self.frames_out += sum(len(self._users[u].conns) for u in users)
+        sent = sum(len(self._users[u].conns) for u in users)
+        self.frames_out += sent
+        _DELIVERED.inc(sent)
+        metrics.observe_lag(frame.get("created_at"))
         if gaps:
             await self._fill_gap(msg, gaps)
 
@@ -411,6 +420,7 @@ class DeliveryHub:
             for conn in self._users[uid].conns:
                 conn.send(text)
                 self.frames_out += 1
+                _DELIVERED.inc()
 
     def _broadcast_receipt(self, conv: int, frame: dict[str, Any], text: str) -> None:
         # Not to the socket that sent the `read`: it got the receipt as its answer.
@@ -425,6 +435,7 @@ class DeliveryHub:
 
     async def _fill_gap(self, msg: LiveMessage, gaps: dict[int, list[Connection]]) -> None:
         for have, conns in gaps.items():
+            _GAP_FILLS.inc()
             logger.info(
                 "conversation %s: gap after seq %s before %s on %d sockets; reading the log",
                 msg.conversation_id,

@@ -41,6 +41,7 @@ from serve.delivery.connection import Connection
 from serve.handlers.hello import MembershipLoader
 from serve.ratelimit import SendRateLimiter
 from storage import ConversationStore, EventBus, Keys, Message, PresenceCache
+from warbler import metrics
 from warbler.config import Settings
 from warbler.errors import ErrorCode, WarblerError
 from warbler.protocol import (
@@ -59,6 +60,7 @@ from warbler.protocol import (
 )
 
 logger = logging.getLogger(__name__)
+_RATE_LIMITED = metrics.RATE_LIMITED.child()
 
 _DIRECT_CACHE_MAX = 100_000
 _T = TypeVar("_T")
@@ -116,6 +118,7 @@ class ChatHandler:
         ``conn`` is the sending socket: it gets the ack, not an echo."""
         wait_s = self._limiter.try_take(user_id)
         if wait_s > 0:
+            _RATE_LIMITED.inc()
             raise WarblerError(
                 ErrorCode.RATE_LIMITED,
                 "sending too fast",
