@@ -20,6 +20,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
+from actors.bot import BotEntity
 from actors.checkpoints import Checkpointer, Loaded
 from actors.context import EntityContext
 from actors.conversation import ConversationEntity, create_conversation
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 KINDS: dict[str, type[Entity[Any]]] = {
     ConversationEntity.kind: ConversationEntity,
     UserSessionEntity.kind: UserSessionEntity,
+    BotEntity.kind: BotEntity,
 }
 
 _CHECKPOINT_CONCURRENCY = 32

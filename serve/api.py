@@ -12,7 +12,7 @@ from fastapi.staticfiles import StaticFiles
 
 from serve.context import GatewayContext
 from serve.problems import install_problem_handlers
-from serve.routes import auth, conversations, health, users, ws
+from serve.routes import auth, bots, conversations, health, users, ws
 from warbler.protocol import API_PREFIX, PROTOCOL_VERSION
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def create_api(ctx: GatewayContext) -> FastAPI:
     app.state.ctx = ctx
     install_problem_handlers(app)
     v1 = APIRouter(prefix=API_PREFIX)
-    for router in (auth.router, users.router, conversations.router, ws.router):
+    for router in (auth.router, users.router, conversations.router, bots.router, ws.router):
         v1.include_router(router)
     app.include_router(v1)
     app.include_router(health.router)

@@ -328,7 +328,8 @@ class DeliveryHub:
             # presence only to the others.
             skip = None if ftype == "receipt" else frame.get("user_id")
             self._broadcast(ident, payload.decode(), skip_user=skip)
-        elif ftype == "conversation":
+        elif ftype in ("conversation", "message_delta"):
+            # message_delta: a bot's answer growing (ChatAI), forwarded to every member.
             self._broadcast(ident, payload.decode(), skip_user=None)
 
     async def _on_message(self, conv: int, frame: dict[str, Any]) -> None:
