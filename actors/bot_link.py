@@ -9,16 +9,20 @@ never opens its Runtime.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from actors.bot_embedding import DIM, EmbedClient
 from actors.bot_messages import BotTurn, bot_key
 from actors.context import EntityContext
-from storage.bots import BotStore
+from storage.bots import BotStore, PendingTurnCache
+from storage.keys import Keys
 from storage.knowledge import KnowledgeIndex, KnowledgeStore
 from storage.models import Bot
+from storage.redis import connect_redis
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +32,11 @@ BOT_IDS_MAX_AGE_S = 10.0
 # Concurrent bot turns one host may have in flight to one other host: each batch of turns
 # waits for its slowest answer, so allow many small batches.
 TURN_BATCHES_IN_FLIGHT = 64
+# A turn not finished this long after it was (last) sent is resent by a sweeping host: its
+# sender may have died with it. A turn still running is harmless to resend (the bot entity
+# answers each trigger once), so this only bounds how late a lost turn is answered.
+TURN_RESEND_AFTER_S = 15.0
+SWEEP_EVERY_S = 3.0
 
 
 class BotLink:
@@ -47,12 +56,41 @@ class BotLink:
         self._runtime_lock = asyncio.Lock()
         self._indexes: dict[int, KnowledgeIndex] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: PendingTurnCache | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self.turns_sent = 0
         self.turns_failed = 0
+        self.turns_resent = 0
+
+    def _pending_cache(self) -> PendingTurnCache:
+        if self._pending is None:
+            redis_url = self.ctx.settings.redis_url
+            assert redis_url, "hosts always have a Redis URL"
+            self._pending = PendingTurnCache(
+                connect_redis(redis_url), Keys(self.ctx.settings.namespace)
+            )
+        return self._pending
+
+    def _ensure_sweeper(self) -> None:
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Resend turns whose sender died (see TURN_RESEND_AFTER_S); every host sweeps."""
+        while True:
+            await asyncio.sleep(SWEEP_EVERY_S)
+            try:
+                for raw in await self._pending_cache().claim_stale(TURN_RESEND_AFTER_S):
+                    self.turns_resent += 1
+                    logger.info("resending bot turn %s", raw[:80])
+                    self._spawn(self._send(turn_from_bytes(raw), raw))
+            except Exception:
+                logger.exception("bot turn sweep failed")
 
     async def refresh(self, *, max_age_s: float = BOT_IDS_MAX_AGE_S) -> frozenset[int]:
         """The bot user ids, reloaded if older than ``max_age_s`` (0: now); concurrent
         callers share one query."""
+        self._ensure_sweeper()
         if time.monotonic() - self._loaded_at <= max_age_s:
             return self.ids
         started = time.monotonic()
@@ -82,18 +120,27 @@ class BotLink:
 
     def send_turn(self, turn: BotTurn) -> None:
         """Hand a turn to the conversation's bot entity, in the background (the conversation's
-        mailbox never waits for a bot). The Runtime retries it through host deaths; the bot
+        mailbox never waits for a bot). The Runtime retries it through the bot host's death;
+        the pending set in Redis covers this host's own death (a sweep resends it); the bot
         entity answers each trigger once."""
-        task = asyncio.get_running_loop().create_task(self._send(turn))
+        self._spawn(self._send(turn, turn_to_bytes(turn), record=True))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, turn: BotTurn) -> None:
+    async def _send(self, turn: BotTurn, raw: bytes, *, record: bool = False) -> None:
+        pending = self._pending_cache()
         try:
+            if record:
+                await pending.add(raw)
             runtime = await self.runtime()
             await runtime.call(bot_key(turn.conversation_id), turn)
             self.turns_sent += 1
+            await pending.done(raw)
         except Exception:
+            # Left in the pending set: a sweep resends it later.
             self.turns_failed += 1
             logger.exception(
                 "bot turn for conversation %s seq %s failed", turn.conversation_id, turn.seq
@@ -109,10 +156,34 @@ class BotLink:
 
     async def close(self) -> None:
         """Stop background turns and the Runtime."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for task in list(self._tasks):
             task.cancel()
         if self._runtime is not None:
             await self._runtime.close()
+
+
+def turn_to_bytes(turn: BotTurn) -> bytes:
+    """The turn as the pending set stores it (deterministic: the member is the identity)."""
+    return json.dumps(
+        [
+            turn.conversation_id,
+            turn.seq,
+            turn.sender_id,
+            turn.text,
+            turn.conversation_kind,
+            list(turn.bot_user_ids),
+        ],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode()
+
+
+def turn_from_bytes(raw: bytes) -> BotTurn:
+    """Inverse of ``turn_to_bytes``."""
+    cid, seq, sender, text, kind, bots = json.loads(raw)
+    return BotTurn(int(cid), int(seq), int(sender), str(text), str(kind), tuple(bots))
 
 
 _LINKS: dict[int, BotLink] = {}

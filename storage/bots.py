@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
+import redis.asyncio as aioredis
 from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from storage.db import Database
+from storage.keys import Keys
 from storage.models import (
     AVATAR_MAX,
     BOT_PROMPT_MAX,
@@ -167,3 +170,32 @@ class BotStore:
             )
             await session.commit()
             return bool(result.rowcount)
+
+
+class PendingTurnCache:
+    """Bot turns in flight, in Redis: added before a turn is handed to its bot entity,
+    removed when it is done, so a turn whose sending host died is found and resent."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+        self._redis = redis
+        self._key = keys.bot_pending()
+
+    async def add(self, turn: bytes) -> None:
+        """Record a turn being sent now."""
+        await self._redis.zadd(self._key, {turn: time.time()})
+
+    async def done(self, turn: bytes) -> None:
+        """The turn finished (answered or deliberately not)."""
+        await self._redis.zrem(self._key, turn)
+
+    async def claim_stale(self, older_than_s: float, limit: int = 100) -> list[bytes]:
+        """Turns last sent more than ``older_than_s`` ago, marked as sent now (so two
+        sweepers rarely resend the same turn; a resend is harmless anyway)."""
+        now = time.time()
+        found = await self._redis.zrangebyscore(
+            self._key, "-inf", now - older_than_s, start=0, num=limit
+        )
+        stale = [m if isinstance(m, bytes) else str(m).encode() for m in found]
+        if stale:
+            await self._redis.zadd(self._key, dict.fromkeys(stale, now), xx=True)
+        return stale
