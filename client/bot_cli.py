@@ -111,7 +111,7 @@ def upload(
 @bot_app.command("list")
 def list_bots(url: str = _URL, user: str = _USER, password: str = _PASSWORD) -> None:
     """Your bots and what they have spent."""
-    for b in _run(url, user, password, lambda c: c.list()):
+    for b in _run(url, user, password, lambda c: c.list_bots()):
         budget = f"/{b.token_budget}" if b.token_budget else ""
         Console().print(
             f"{b.id} @{b.username} {b.avatar} {b.provider} tokens {b.tokens_used}{budget}",

@@ -92,13 +92,13 @@ class BotsClient:
         data = await self._request("POST", "/bots", json=bot.model_dump(exclude_none=True))
         return BotPublic.model_validate(data)
 
-    async def list(self) -> list[BotPublic]:
+    async def list_bots(self) -> list[BotPublic]:
         """The user's bots."""
         return TypeAdapter(list[BotPublic]).validate_python(await self._request("GET", "/bots"))
 
     async def find(self, name_or_id: str) -> BotPublic:
         """One of the user's bots by id or username."""
-        for bot in await self.list():
+        for bot in await self.list_bots():
             if str(bot.id) == name_or_id or bot.username == name_or_id:
                 return bot
         from warbler.errors import ErrorCode, WarblerError
