@@ -57,6 +57,7 @@ class BotLink:
         self._indexes: dict[int, KnowledgeIndex] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: PendingTurnCache | None = None
+        self._redis: Any = None
         self._sweeper: asyncio.Task[None] | None = None
         self.turns_sent = 0
         self.turns_failed = 0
@@ -66,10 +67,13 @@ class BotLink:
         if self._pending is None:
             redis_url = self.ctx.settings.redis_url
             assert redis_url, "hosts always have a Redis URL"
-            self._pending = PendingTurnCache(
-                connect_redis(redis_url), Keys(self.ctx.settings.namespace)
-            )
+            self._redis = connect_redis(redis_url)
+            self._pending = PendingTurnCache(self._redis, Keys(self.ctx.settings.namespace))
         return self._pending
+
+    def start_sweeper(self) -> None:
+        """Sweep the pending turns from now on (the host calls this when it starts)."""
+        self._ensure_sweeper()
 
     def _ensure_sweeper(self) -> None:
         if self._sweeper is None or self._sweeper.done():
@@ -162,6 +166,10 @@ class BotLink:
             task.cancel()
         if self._runtime is not None:
             await self._runtime.close()
+            self._runtime = None
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis, self._pending = None, None
 
 
 def turn_to_bytes(turn: BotTurn) -> bytes:

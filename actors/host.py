@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from actors.bot import BotEntity
+from actors.bot_link import link_for
 from actors.checkpoints import Checkpointer, Loaded
 from actors.context import EntityContext
 from actors.conversation import ConversationEntity, create_conversation
@@ -93,6 +94,8 @@ class HostCore:
         await self.ctx.start()
         await self.refresh_map()
         self._maintenance = asyncio.get_running_loop().create_task(self._upkeep())
+        # ChatAI: every host resends bot turns whose sending host died (one Redis read / 3 s).
+        link_for(self.ctx).start_sweeper()
 
     async def stop(self) -> None:
         """Passivate every entity (checkpointing each), then stop the writer."""
@@ -102,6 +105,7 @@ class HostCore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._maintenance
         await self.passivate_where(lambda key: True)
+        await link_for(self.ctx).close()
         await self.ctx.stop()
 
     # --- the shard map ------------------------------------------------------------------------
