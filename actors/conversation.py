@@ -21,6 +21,8 @@ from functools import partial
 from typing import Any, Literal
 
 from actors import roles
+from actors.bot_link import link_for
+from actors.bot_messages import BotTurn
 from actors.codec import pack, unpack
 from actors.context import EntityContext
 from actors.entity import Entity, Later, handles
@@ -82,6 +84,10 @@ class ConversationState:
     recent: dict[tuple[int, str], int] = field(default_factory=dict)
     system_seq: int = 0
     rows_seq: int = 0
+    # ChatAI: the members that are bots, derived (never checkpointed) from the host's bot-id
+    # set as of its version ``bots_at``; -1 means "recompute before the next message".
+    bots: frozenset[int] = frozenset()
+    bots_at: int = -1
 
     def dump(self) -> bytes:
         """Compact msgpack: positional fields, roles as small ints."""
@@ -227,6 +233,8 @@ class ConversationEntity(Entity[ConversationState]):
         if state.system_seq > state.rows_seq:
             await entity._sync_rows()
             state.rows_seq = state.system_seq
+        # A conversation with no checkpoint may be new, with a bot created a moment ago.
+        await link_for(ctx).refresh(max_age_s=0.0 if checkpoint is None else 10.0)
         return entity
 
     def snapshot(self) -> tuple[int, bytes]:
@@ -356,7 +364,32 @@ class ConversationEntity(Entity[ConversationState]):
             self.ctx.publisher.publish(
                 self.ctx.keys.conv_channel(stored.conversation_id), message_payload(event)
             )
+            if stored.kind != SYSTEM:
+                self._hand_to_bots(event)
         return event
+
+    def _hand_to_bots(self, event: MessageEvent) -> None:
+        """ChatAI: after the commit, a member's message in a conversation with bots goes to
+        its bot entity (in the background). Without bots this costs two int compares."""
+        state, link = self.state, link_for(self.ctx)
+        if state.bots_at != link.version:
+            state.bots = link.ids.intersection(state.members)
+            state.bots_at = link.version
+        if not state.bots or event.sender_id in state.bots:
+            return  # no bots here, or a bot speaking: bots never answer bots
+        text = event.body.get("text")
+        if not isinstance(text, str) or not text.strip():
+            return
+        link.send_turn(
+            BotTurn(
+                event.conversation_id,
+                event.seq,
+                event.sender_id,
+                text,
+                state.kind,
+                tuple(sorted(state.bots)),
+            )
+        )
 
     async def _stored_event(self, sender_id: int, client_msg_id: str) -> MessageEvent:
         stored = await self.ctx.messages.get_by_client_id(sender_id, client_msg_id)
@@ -598,6 +631,9 @@ class ConversationEntity(Entity[ConversationState]):
         event = await asyncio.ensure_future(self._commit(draft))
         if not event.duplicate:
             apply_system(self.state, event.seq, body)
+            if body.get("op") in ("created", "added"):
+                await link_for(self.ctx).refresh(max_age_s=0.0)  # a new member may be a bot
+            self.state.bots_at = -1
         return event
 
     async def _write_rows(self, *writes: tuple[Any, tuple[Any, ...]]) -> None:

@@ -20,6 +20,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
+from actors.bot import BotEntity
+from actors.bot_link import link_for
 from actors.checkpoints import Checkpointer, Loaded
 from actors.context import EntityContext
 from actors.conversation import ConversationEntity, create_conversation
@@ -38,6 +40,7 @@ logger = logging.getLogger(__name__)
 KINDS: dict[str, type[Entity[Any]]] = {
     ConversationEntity.kind: ConversationEntity,
     UserSessionEntity.kind: UserSessionEntity,
+    BotEntity.kind: BotEntity,
 }
 
 _CHECKPOINT_CONCURRENCY = 32
@@ -95,6 +98,8 @@ class HostCore:
         await self.ctx.start()
         await self.refresh_map()
         self._maintenance = asyncio.get_running_loop().create_task(self._upkeep())
+        # ChatAI: every host resends bot turns whose sending host died (one Redis read / 3 s).
+        link_for(self.ctx).start_sweeper()
 
     async def stop(self) -> None:
         """Passivate every entity (checkpointing each), then stop the writer."""
@@ -104,6 +109,7 @@ class HostCore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._maintenance
         await self.passivate_where(lambda key: True)
+        await link_for(self.ctx).close()
         await self.ctx.stop()
 
     # --- the shard map ------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import shlex
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 
 from rich.console import Console
 from rich.markup import escape
@@ -14,12 +15,14 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
+from client.bots import bot_answer, sources_line
 from client.client import WarblerClient
 from client.events import ConnectionEvent, Event
 from warbler.errors import WarblerError
 from warbler.protocol import (
     ConversationEventFrame,
     ConversationPublic,
+    MessageDeltaFrame,
     MessageFrame,
     MessagePublic,
     ReceiptFrame,
@@ -38,6 +41,7 @@ HELP = (
     ("/add <user> [user ...]", "add members to the open group"),
     ("/members", "members of the open conversation"),
     ("/history [n]", "the n messages before the oldest shown (default 20)"),
+    ("/human", "ask the bot of this conversation for a human agent"),
     ("/help", "this text"),
     ("/quit", "leave (Ctrl-D works too)"),
 )
@@ -76,6 +80,7 @@ class ChatApp:
             "members": self._cmd_members,
             "history": self._cmd_history,
             "help": self._cmd_help,
+            "human": self._cmd_human,
         }
 
     async def run(self, lines: AsyncIterator[str]) -> None:
@@ -158,6 +163,17 @@ class ChatApp:
             return f"[dim]{when} · {escape(await self._describe_system(m.body))}[/dim]"
         who = await self._name(m.sender_id)
         style = "cyan" if m.sender_id == self.client.user_id else "magenta"
+        answer = bot_answer(m.body)
+        if answer is not None:  # ChatAI: a bot's message, with its badge and sources
+            if answer.streaming:
+                return f"[dim]{when} 🤖 {escape(who)} is answering…[/dim]"
+            cite = sources_line(answer)
+            tail = f"\n  [dim]{escape(cite)}[/dim]" if cite else ""
+            human = "\n  [dim](/human: talk to a person)[/dim]" if not answer.handoff else ""
+            return (
+                f"[dim]{when}[/dim] [green]🤖 {escape(who)}[/green]: {escape(answer.text)}"
+                f"{tail}{human if answer.sources else ''}"
+            )
         text = m.body if isinstance(m.body, str) else str(m.body)
         return f"[dim]{when}[/dim] [{style}]{escape(who)}[/{style}]: {escape(text)}"
 
@@ -208,6 +224,19 @@ class ChatApp:
                 title = await self._title(event.conversation_id)
                 line = await self._format(event)
                 self.say(f"[yellow]#{event.conversation_id} {escape(title)}[/yellow] {line}")
+        elif isinstance(event, MessageDeltaFrame):
+            # A terminal line cannot grow: show the bot's answer once, when it is final.
+            if event.final and event.body is not None and event.conversation_id == self.current:
+                final = MessageFrame(
+                    conversation_id=event.conversation_id,
+                    seq=event.seq,
+                    sender_id=event.sender_id,
+                    kind="json",
+                    body=event.body,
+                    created_at=datetime.now(UTC),
+                    client_msg_id="",
+                )
+                self.say(await self._format(final))
         elif isinstance(event, ReceiptFrame):
             mine = event.user_id == self.client.user_id
             # A member reading up to their own message just sent says nothing new.
@@ -335,6 +364,14 @@ class ChatApp:
             return
         conv = await self.client.add_members(self.current, args)
         self.say(f"[green]members:[/green] {len(conv.members)}")
+
+    async def _cmd_human(self, args: list[str]) -> None:
+        # ChatAI: the bot hands off on "human" in a message, so the request is in the log.
+        if self.current is None:
+            self.say("[yellow]open a conversation first[/yellow]")
+            return
+        text = "I would like to talk to a human, please."
+        await self.client.send(text, conversation_id=self.current)
 
     async def _cmd_members(self, args: list[str]) -> None:
         if self.current is None:

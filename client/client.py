@@ -25,6 +25,7 @@ from warbler.protocol import (
     ErrorFrame,
     HelloOkFrame,
     LimitsPublic,
+    MessageDeltaFrame,
     MessageFrame,
     MessagePagePublic,
     MessagePublic,
@@ -285,7 +286,7 @@ class WarblerClient:
         self._pending.clear()
         self._events.put_nowait(error)
 
-    async def _on_frame(self, frame: ServerFrame) -> None:
+    async def _on_frame(self, frame: ServerFrame | MessageDeltaFrame) -> None:
         if isinstance(frame, MessageFrame):
             await self._deliver(frame)
         elif isinstance(frame, AckFrame):
@@ -294,7 +295,7 @@ class WarblerClient:
             self._on_error(frame)
         elif isinstance(frame, ConversationEventFrame):
             await self._on_conversation(frame)
-        elif isinstance(frame, ReceiptFrame | TypingEventFrame | PresenceFrame):
+        elif isinstance(frame, ReceiptFrame | TypingEventFrame | PresenceFrame | MessageDeltaFrame):
             self._events.put_nowait(frame)
         elif isinstance(frame, SyncDoneFrame):
             self._events.put_nowait(ConnectionEvent("synced"))

@@ -28,10 +28,11 @@ from warbler.protocol import (
     CloseCode,
     HelloFrame,
     HelloOkFrame,
+    MessageDeltaFrame,
     ReconnectFrame,
     ServerFrame,
     dump_frame,
-    parse_server_frame,
+    parse_chat_frame,
 )
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class Hooks:
     # A socket is authenticated (hello_ok): resend what was not acked, report "connected".
     on_open: Callable[[HelloOkFrame], Awaitable[None]]
     # Every later server frame, in order; may raise ResyncNeeded.
-    on_frame: Callable[[ServerFrame], Awaitable[None]]
+    on_frame: Callable[[ServerFrame | MessageDeltaFrame], Awaitable[None]]
     # The socket is gone (the connection goes on unless stopped).
     on_close: Callable[[str], Awaitable[None]]
     # The connection gave up for good (revoked session, refresh refused, protocol mismatch).
@@ -314,9 +315,9 @@ class Connection:
         return None
 
 
-def _parse(raw: str | bytes) -> ServerFrame | None:
+def _parse(raw: str | bytes) -> ServerFrame | MessageDeltaFrame | None:
     try:
-        return parse_server_frame(raw)
+        return parse_chat_frame(raw)
     except ValidationError as exc:
         # Forward compatibility: a newer server may send frames this client does not know.
         logger.warning("unreadable server frame skipped: %s", exc.errors()[:1])

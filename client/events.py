@@ -7,6 +7,7 @@ from typing import Literal
 
 from warbler.protocol import (
     ConversationEventFrame,
+    MessageDeltaFrame,
     MessageFrame,
     PresenceFrame,
     ReceiptFrame,
@@ -38,4 +39,5 @@ Event = (
     | PresenceFrame
     | ConversationEventFrame
     | ConnectionEvent
+    | MessageDeltaFrame  # ChatAI: a bot's answer growing (the text so far; final at the end)
 )

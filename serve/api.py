@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from serve.context import GatewayContext
 from serve.middleware import EdgeLimits
 from serve.problems import install_problem_handlers, install_problem_openapi
-from serve.routes import auth, conversations, health, users, ws
+from serve.routes import auth, bots, conversations, health, users, ws
 from warbler.protocol import API_PREFIX, PROTOCOL_VERSION
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def create_api(ctx: GatewayContext) -> FastAPI:
     install_problem_handlers(app)
     install_problem_openapi(app)
     v1 = APIRouter(prefix=API_PREFIX)
-    for router in (auth.router, users.router, conversations.router, ws.router):
+    for router in (auth.router, users.router, conversations.router, bots.router, ws.router):
         v1.include_router(router)
     app.include_router(v1)
     app.include_router(health.router)

@@ -39,7 +39,9 @@ GRACEFUL_SHUTDOWN_TIMEOUT_S = 30.0
 class Gateway:
     """One gateway replica: its services, and the ASGI app built on them."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *deployments: Any) -> None:
+        # ``deployments``: handles of the app's other deployments (the ChatAI embedder), bound
+        # here only so that they deploy with the gateway; callers find them by name.
         self._settings = settings
         self._ctx: GatewayContext | None = None
         setup_logging(settings, "gateway")
@@ -104,7 +106,11 @@ def build_app(args: Settings | dict[str, Any]) -> Application:
     settings = args if isinstance(args, Settings) else Settings(**args)
     settings.check_production()
     deployment = serve.deployment(**deployment_options(settings))(serve.ingress()(Gateway))
-    return deployment.bind(settings)
+    if not settings.chatai_embedder:
+        return deployment.bind(settings)
+    from serve.embedder import embedder_app
+
+    return deployment.bind(settings, embedder_app(settings))
 
 
 def __getattr__(name: str) -> Application:

@@ -87,3 +87,9 @@ class Keys:
     def revocations_channel(self) -> str:
         """Revocations as they happen: every gateway replica listens."""
         return f"{self._p}ch:revoked"
+
+    # ChatAI.
+    def bot_pending(self) -> str:
+        """Sorted set of bot turns handed over and not yet finished (score: when last sent);
+        a host sweeps it to resend turns a dead host was carrying."""
+        return f"{self._p}bot:pending"

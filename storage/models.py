@@ -9,10 +9,14 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
+    Float,
     ForeignKey,
     Index,
+    Integer,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlmodel import Field, SQLModel
@@ -65,6 +69,11 @@ class User(SQLModel, table=True):
     password_hash: str = Field(sa_column=Column(String(255), nullable=False))
     display_name: str = Field(sa_column=Column(String(DISPLAY_NAME_MAX), nullable=False))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts_column())
+    # "user" or "bot" (migration 0003): bots are members like anyone, but never log in.
+    kind: str = Field(
+        default="user",
+        sa_column=Column(String(KIND_MAX), nullable=False, server_default="user"),
+    )
 
 
 class RefreshToken(SQLModel, table=True):
@@ -171,3 +180,77 @@ class Checkpoint(SQLModel, table=True):
     version: int = Field(sa_column=Column(BigInteger, nullable=False))
     state: bytes = Field(sa_column=Column(StateBlob, nullable=False))
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts_column())
+
+
+# --- ChatAI (migration 0003): bots and their knowledge bases ---------------------------------
+
+BOT_PROMPT_MAX = 8000
+AVATAR_MAX = 16
+DOC_NAME_MAX = 200
+
+
+class Bot(SQLModel, table=True):
+    """A bot: its user row (``users.kind = "bot"``), owner, prompt, provider and budget.
+
+    ``provider`` is ``{"kind": "extractive"}`` or ``{"kind": "openai", "url", "model",
+    "api_key"}``; ``kb_version`` grows with every knowledge upload, so answering entities know
+    when to reload the vectors; ``tokens_used`` is charged after each answer.
+    """
+
+    __tablename__: ClassVar[str] = "bots"
+    __table_args__ = (UniqueConstraint("user_id", name="uq_bots_user_id"), _MYSQL)
+
+    id: int = Field(default=None, sa_column=_id_column())
+    user_id: int = Field(sa_column=_user_fk())
+    owner_id: int = Field(sa_column=_user_fk(index=True))
+    avatar: str = Field(default="", sa_column=Column(String(AVATAR_MAX), nullable=False))
+    system_prompt: str = Field(default="", sa_column=Column(Text, nullable=False))
+    provider: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    support_group_id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            BigInteger, ForeignKey("conversations.id", ondelete="SET NULL"), nullable=True
+        ),
+    )
+    answer_all: bool = Field(default=False, sa_column=Column(Boolean, nullable=False))
+    min_confidence: float = Field(default=0.3, sa_column=Column(Float, nullable=False))
+    token_budget: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    tokens_used: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    kb_version: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts_column())
+
+
+class KnowledgeDoc(SQLModel, table=True):
+    """One uploaded document of a bot's knowledge base; re-uploading a name replaces it."""
+
+    __tablename__: ClassVar[str] = "knowledge_docs"
+    __table_args__ = (UniqueConstraint("bot_id", "name", name="uq_knowledge_docs_bot_name"), _MYSQL)
+
+    id: int = Field(default=None, sa_column=_id_column())
+    bot_id: int = Field(
+        sa_column=Column(BigInteger, ForeignKey("bots.id", ondelete="CASCADE"), nullable=False)
+    )
+    name: str = Field(sa_column=Column(String(DOC_NAME_MAX), nullable=False))
+    content_type: str = Field(sa_column=Column(String(64), nullable=False))
+    chunks: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    chars: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts_column())
+
+
+class KnowledgeChunk(SQLModel, table=True):
+    """A passage of a document and its embedding (float32 bytes, unit length)."""
+
+    __tablename__: ClassVar[str] = "knowledge_chunks"
+    __table_args__ = (Index("ix_knowledge_chunks_bot_id", "bot_id"), _MYSQL)
+
+    id: int = Field(default=None, sa_column=_id_column())
+    doc_id: int = Field(
+        sa_column=Column(
+            BigInteger, ForeignKey("knowledge_docs.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    bot_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    ordinal: int = Field(sa_column=Column(Integer, nullable=False))
+    heading: str = Field(default="", sa_column=Column(String(DOC_NAME_MAX), nullable=False))
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    vector: bytes = Field(sa_column=Column(StateBlob, nullable=False))

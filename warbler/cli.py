@@ -23,7 +23,7 @@ def _register() -> None:
     # Subcommands live next to the layer they drive; each module exposes `register(app)`.
     from importlib import import_module
 
-    for module in ("serve.launcher", "client.cli", "loadtest.cli"):
+    for module in ("serve.launcher", "client.cli", "client.bot_cli", "loadtest.cli"):
         try:
             mod = import_module(module)
         except ImportError as exc:  # a layer not installed on this machine (e.g. client-only)

@@ -119,6 +119,20 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
 
+    # ChatAI (docs/chatai.md): bot turns per minute per conversation, provider timeout (one
+    # retry), a bot turn's deadline (the trigger call waits for the whole answer), the tokens
+    # all bots of one owner may spend (0: no limit), who may create bots ("any" or "admins"),
+    # and the embedder deployment's replicas and batch.
+    bot_turns_per_minute: int = 20
+    bot_provider_timeout_s: float = 20.0
+    bot_turn_timeout_s: float = 120.0
+    bot_owner_token_budget: int = 0
+    bot_creators: str = "any"
+    bot_admin_usernames: list[str] = Field(default_factory=list)
+    chatai_embedder: bool = True
+    embedder_replicas: int = 1
+    embedder_max_batch: int = 32
+    embedder_batch_wait_s: float = 0.005
     extra_ray_env: dict[str, str] = Field(default_factory=dict)
 
     @property

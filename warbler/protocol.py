@@ -693,3 +693,105 @@ def summarize_errors(errors: list[dict[str, Any]], default_loc: str = "frame") -
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     where = f"{'.'.join(loc)}: " if loc else ""
     return f"{where}{first['msg']}{more}"
+
+
+# ---------------------------------------------------------------------------------------------
+# ChatAI: bots, their knowledge bases, and the streamed answer (docs/chatai.md)
+# ---------------------------------------------------------------------------------------------
+
+
+class MessageDeltaFrame(_Out):
+    """A bot's answer growing: the whole ``text`` so far of the message logged at ``seq``.
+
+    The answer is first logged as a placeholder (a `message` frame, body
+    ``{"text": "", "bot": {"streaming": true}}``); deltas follow in order; the last one has
+    ``final: true`` and the stored ``body``, which is what history and sync return from then on.
+    A retried provider call starts the text over: always show the newest ``text``.
+    """
+
+    type: Literal["message_delta"] = "message_delta"
+    conversation_id: int
+    seq: int
+    sender_id: int
+    text: str
+    final: bool = False
+    body: dict[str, Any] | None = None
+
+
+class BotProviderConfig(_Model):
+    """Where a bot's words come from: ``extractive`` (offline: the best passages, cited) or an
+    OpenAI-compatible chat-completions endpoint (``url`` up to ``/v1``, ``model``, ``api_key``)."""
+
+    kind: Literal["extractive", "openai"] = "extractive"
+    url: Annotated[str, Field(max_length=500)] | None = None
+    model: Annotated[str, Field(max_length=100)] | None = None
+    api_key: Annotated[str, Field(max_length=500)] | None = None
+
+    @model_validator(mode="after")
+    def _url_for_openai(self) -> BotProviderConfig:
+        if self.kind == "openai" and not self.url:
+            raise ValueError("an openai provider needs a url")
+        return self
+
+
+class BotCreate(_Model):
+    """POST /v1/bots: the caller becomes the bot's owner."""
+
+    username: _Username
+    display_name: _DisplayName | None = None
+    avatar: Annotated[str, Field(max_length=16)] = "🤖"
+    system_prompt: Annotated[str, Field(max_length=8000)] = ""
+    provider: BotProviderConfig = Field(default_factory=BotProviderConfig)
+    support_group_id: _Id | None = None
+    answer_all: bool = False
+    min_confidence: Annotated[float, Field(ge=0.0, le=1.0)] = 0.3
+    token_budget: Annotated[int, Field(ge=0, le=INT64_MAX)] = 0
+
+
+class BotPublic(_Out):
+    """A bot as its owner sees it (the provider's key is never shown)."""
+
+    id: int
+    user_id: int
+    username: str
+    display_name: str
+    avatar: str
+    owner_id: int
+    provider: str
+    support_group_id: int | None = None
+    answer_all: bool = False
+    min_confidence: float = 0.3
+    token_budget: int = 0
+    tokens_used: int = 0
+    kb_version: int = 0
+
+
+class KnowledgeDocPublic(_Out):
+    """One document of a bot's knowledge base."""
+
+    name: str
+    content_type: str
+    chunks: int
+    chars: int
+    updated_at: datetime
+
+
+class BotConversationPublic(_Out):
+    """Whether a conversation is handed off to a human, and to whom."""
+
+    conversation_id: int
+    handed_off: bool
+    agent_id: int | None = None
+    support_conversation_id: int | None = None
+    origin_conversation_id: int | None = None
+
+
+_DELTA_FRAME: TypeAdapter[MessageDeltaFrame] = TypeAdapter(MessageDeltaFrame)
+
+
+def parse_chat_frame(data: str | bytes) -> ServerFrame | MessageDeltaFrame:
+    """Decode one server frame, ChatAI's ``message_delta`` included (for clients)."""
+    try:
+        return parse_server_frame(data)
+    except ValidationError:
+        return _DELTA_FRAME.validate_json(data)

@@ -327,6 +327,9 @@
       case "error":
         onErrorFrame(frame);
         break;
+      case "message_delta":
+        onDelta(frame);
+        break;
       default:
         break; // pong, history_page, and frames newer than this page
     }
@@ -580,7 +583,7 @@
   function preview(m) {
     if (!m) return "";
     if (m.kind === "system") return describeSystem(m.body);
-    const text = typeof m.body === "string" ? m.body : JSON.stringify(m.body);
+    const text = botOf(m.body) ? m.body.text || "…" : typeof m.body === "string" ? m.body : JSON.stringify(m.body);
     const mine = state.session && m.sender_id === state.session.user.id;
     return (mine ? "You: " : "") + text;
   }
@@ -760,10 +763,11 @@
       const mine = m.sender_id === me;
       const sender = state.users.get(m.sender_id);
       const showName = !mine && c && c.kind === "group" && prevSender !== m.sender_id;
-      const text = typeof m.body === "string" ? m.body : JSON.stringify(m.body);
-      const li = h("li", { class: "msg " + (mine ? "mine" : "theirs") + (prevSender === m.sender_id ? " cont" : ""), dataset: { seq: String(m.seq), sender: String(m.sender_id) } },
-        showName ? h("span", { class: "sender", style: `color: hsl(${hue(m.sender_id)} 55% 40%)` }, sender ? sender.display_name || sender.username : `user ${m.sender_id}`) : null,
-        h("span", { class: "bubble" }, h("span", { class: "body" }, linkify(text)), h("span", { class: "meta" }, timeOf(m.created_at))));
+      const bot = botOf(m.body);
+      const text = bot ? m.body.text || "…" : typeof m.body === "string" ? m.body : JSON.stringify(m.body);
+      const li = h("li", { class: "msg " + (mine ? "mine" : "theirs") + (prevSender === m.sender_id ? " cont" : "") + (bot ? " bot" : ""), dataset: { seq: String(m.seq), sender: String(m.sender_id) } },
+        showName || bot ? h("span", { class: "sender", style: `color: hsl(${hue(m.sender_id)} 55% 40%)` }, bot ? h("span", { class: "bot-badge" }, "BOT") : null, sender ? sender.display_name || sender.username : `user ${m.sender_id}`) : null,
+        h("span", { class: "bubble" }, h("span", { class: "body" }, linkify(text)), bot ? botExtras(m, bot) : null, h("span", { class: "meta" }, bot && !bot.final ? "answering…" : timeOf(m.created_at))));
       if (mine && lastMine && m.seq === lastMine.seq) {
         const readers = others.filter(([, seq]) => seq >= m.seq);
         let label = "Sent";
@@ -787,6 +791,35 @@
     listEl.replaceChildren(...items);
     $("older-btn").hidden = !box.hasMore;
     if (scroll || atBottom) scroller.scrollTop = scroller.scrollHeight;
+  }
+
+  // ChatAI (docs/chatai.md): a bot's answer is a json message {text, bot: {...}} that grows
+  // through message_delta frames (the whole text so far; final with the stored body).
+  function botOf(body) {
+    return body && typeof body === "object" && body.bot && typeof body.bot === "object" ? body.bot : null;
+  }
+
+  function botExtras(m, bot) {
+    const parts = [];
+    if (bot.final && bot.sources && bot.sources.length) {
+      parts.push(h("span", { class: "bot-sources" }, "Sources: " + bot.sources.map((s) => s.heading ? `${s.document} › ${s.heading}` : s.document).join("; ")));
+    }
+    if (bot.final && !bot.handoff && !bot.handback) {
+      const btn = h("button", { type: "button", class: "ghost small bot-human" }, "Talk to a human");
+      btn.addEventListener("click", () => sendMessage("I would like to talk to a human, please."));
+      parts.push(btn);
+    }
+    return parts.length ? h("span", { class: "bot-extras" }, ...parts) : null;
+  }
+
+  function onDelta(d) {
+    let box = state.messages.get(d.conversation_id);
+    if (!box) return; // not loaded yet: history will bring the final body
+    const body = d.final && d.body ? d.body : { text: d.text, bot: { streaming: true } };
+    const m = box.list.find((x) => x.seq === d.seq);
+    if (m) m.body = body;
+    else box.list.push({ conversation_id: d.conversation_id, seq: d.seq, sender_id: d.sender_id, kind: "json", body, created_at: new Date().toISOString(), client_msg_id: "" });
+    if (state.current === d.conversation_id) renderMessages(false);
   }
 
   async function openConversation(id) {

@@ -386,7 +386,8 @@ class DeliveryHub:
                 self._broadcast_receipt(ident, frame, payload.decode())
                 return
             self._broadcast(ident, payload.decode(), skip_user=frame.get("user_id"))
-        elif ftype == "conversation":
+        elif ftype in ("conversation", "message_delta"):
+            # message_delta: a bot's answer growing (ChatAI), forwarded to every member.
             self._broadcast(ident, payload.decode(), skip_user=None)
 
     async def _on_message(self, conv: int, frame: dict[str, Any]) -> None:
