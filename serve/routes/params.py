@@ -13,3 +13,4 @@ from warbler.protocol import INT64_MAX
 ConversationId = Annotated[int, Path(ge=1, le=INT64_MAX, description="a conversation id")]
 UserId = Annotated[int, Path(ge=1, le=INT64_MAX, description="a user id")]
 SeqQuery = Annotated[int | None, Query(ge=0, le=INT64_MAX)]
+BotId = Annotated[int, Path(ge=1, le=INT64_MAX, description="a bot id")]
