@@ -401,26 +401,34 @@ def _undeploy(settings: Settings, state: UpState) -> None:
         ray.shutdown()
 
 
-def autoscaler(
-    as_json: Annotated[bool, typer.Option("--json", help="Print the raw status.")] = False,
-) -> None:
-    """Show the host pool and what its autoscaler decided recently."""
+def join_running() -> Settings:
+    """Join the cluster `warbler up` runs from this data dir (as a Ray driver in its namespace)
+    and return its settings; exit 1 with a message when nothing runs here."""
     settings = Settings()
     state = UpState.load(settings.data_dir.resolve())
     if state is None or not state.running():
         typer.echo(f"Warbler is not running from {settings.data_dir.resolve()}")
         raise typer.Exit(1)
     _ray_auth_env(Path(state.ray_token_path) if state.ray_token_path else None)
-    settings = settings.model_copy(
+    import ray
+
+    ray.init(address=state.ray_address, namespace=state.namespace, log_to_driver=False)
+    return settings.model_copy(
         update={"namespace": state.namespace, "redis_url": state.redis_url}
     )
+
+
+def autoscaler(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw status.")] = False,
+) -> None:
+    """Show the host pool and what its autoscaler decided recently."""
+    settings = join_running()
 
     import ray
 
     from actors import cluster
     from actors.autoscale import controller_status
 
-    ray.init(address=state.ray_address, namespace=state.namespace, log_to_driver=False)
     try:
         status = controller_status(settings)
         shard_map = asyncio.run(cluster.current_map(settings))

@@ -53,21 +53,11 @@ def status(
     """Show the cluster: nodes, hosts, replicas, sockets, msgs/s, p99 ack, backlog, decisions."""
     import json
     import time
-    from pathlib import Path
 
-    from serve.launcher import UpState, _ray_auth_env
+    from serve.launcher import join_running
     from warbler import status as st
-    from warbler.config import Settings
 
-    settings = Settings()
-    state = UpState.load(settings.data_dir.resolve())
-    if state is None or not state.running():
-        typer.echo(f"Warbler is not running from {settings.data_dir.resolve()}")
-        raise typer.Exit(1)
-    _ray_auth_env(Path(state.ray_token_path) if state.ray_token_path else None)
-    settings = settings.model_copy(
-        update={"namespace": state.namespace, "redis_url": state.redis_url}
-    )
+    settings = join_running()
 
     import ray
     from rich.console import Console
@@ -75,7 +65,6 @@ def status(
 
     from actors.autoscale import controller_status
 
-    ray.init(address=state.ray_address, namespace=state.namespace, log_to_driver=False)
     console = Console()
 
     def read(before: st.Scrape | None) -> tuple[st.Scrape, st.ClusterStatus]:

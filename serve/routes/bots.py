@@ -80,12 +80,16 @@ async def delete_document(bot_id: BotId, name: str, bots: Bots, caller: Caller) 
 
 
 @router.get("/conversations/{conversation_id}/bot")
-async def bot_state(conversation_id: ConversationId, bots: Bots, caller: Caller) -> BotConversationPublic:
+async def bot_state(
+    conversation_id: ConversationId, bots: Bots, caller: Caller
+) -> BotConversationPublic:
     """Whether the conversation is handed off to a human (members only)."""
     return await bots.conversation_state(caller.user_id, conversation_id)
 
 
 @router.post("/conversations/{conversation_id}/handback")
-async def hand_back(conversation_id: ConversationId, bots: Bots, caller: Caller) -> BotConversationPublic:
+async def hand_back(
+    conversation_id: ConversationId, bots: Bots, caller: Caller
+) -> BotConversationPublic:
     """An agent of the bot's support group gives the conversation back to the bot."""
     return await bots.hand_back(caller.user_id, conversation_id)
