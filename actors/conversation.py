@@ -491,6 +491,9 @@ class ConversationEntity(Entity[ConversationState]):
             new = [u for u in dict.fromkeys(msg.user_ids) if u not in self.state.members]
             if not new:
                 raise WarblerError(ErrorCode.CONFLICT, "every user is already a member")
+            cap = self.ctx.settings.max_group_members
+            if len(self.state.members) + len(new) > cap:
+                raise WarblerError(ErrorCode.LIMIT_REACHED, f"a group has at most {cap} members")
             found = {u.id for u in await self.ctx.users.list_users(new)}
             missing = sorted(set(new) - found)
             if missing:
@@ -660,6 +663,23 @@ class ConversationEntity(Entity[ConversationState]):
         self.ctx.publisher.publish_many([(keys.user_channel(u), payload) for u in user_ids])
 
 
+async def _check_group_caps(ctx: EntityContext, message: CreateGroup) -> None:
+    """The per-user caps on a new group: its size, and how many groups its creator owns."""
+    size = len(set(message.member_ids) | {message.creator_id})
+    if size > ctx.settings.max_group_members:
+        raise WarblerError(
+            ErrorCode.LIMIT_REACHED,
+            f"a group has at most {ctx.settings.max_group_members} members",
+        )
+    if await ctx.conversations.count_owned_groups(message.creator_id) >= (
+        ctx.settings.max_groups_per_user
+    ):
+        raise WarblerError(
+            ErrorCode.LIMIT_REACHED,
+            f"a user owns at most {ctx.settings.max_groups_per_user} groups",
+        )
+
+
 def _as_role(role: str) -> Role:
     return _CODE_ROLE[_ROLE_CODE[role]]
 
@@ -672,6 +692,7 @@ async def create_conversation(ctx: EntityContext, message: object) -> Redirect:
         if earlier is not None:  # a retry of a creation that was logged
             return Redirect(conv_key(earlier.conversation_id), message)
         title = _check_title(message.title)
+        await _check_group_caps(ctx, message)
         # Keyed by the command: if we crash after this insert and before the creation is
         # logged, the retry finds this group instead of inserting an orphan twin.
         conversation = await ctx.conversations.create_group(

@@ -272,6 +272,16 @@ class ConversationStore:
                     out[user_id][int(conv_id)] = str(kind)
         return out
 
+    async def count_owned_groups(self, user_id: int) -> int:
+        """How many groups the user owns (the per-user cap on creating groups)."""
+        stmt = (
+            select(func.count())
+            .select_from(Membership)
+            .where(col(Membership.user_id) == user_id, col(Membership.role) == "owner")
+        )
+        async with self._db.session() as session:
+            return int((await session.exec(stmt)).one())
+
     async def list_user_conversation_ids(self, user_id: int) -> list[int]:
         """Ids of the conversations the user belongs to, ascending."""
         async with self._db.session() as session:

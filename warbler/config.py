@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     access_token_ttl_s: int = 900
     refresh_token_ttl_s: int = 30 * 24 * 3600
     max_body_bytes: int = 16 * 1024
+    # Per-user caps (abuse limits, issue 11): members of one group, and groups one user owns.
+    max_group_members: int = 10_000
+    max_groups_per_user: int = 1_000
     max_frame_bytes: int = 64 * 1024
     send_rate_per_s: float = 50.0
     send_burst: int = 200

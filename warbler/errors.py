@@ -23,6 +23,7 @@ class ErrorCode(StrEnum):
     STALE_EPOCH = "stale_epoch"
     CONFIG = "config_error"
     INTERNAL = "internal_error"
+    LIMIT_REACHED = "limit_reached"
 
 
 _STATUS: dict[ErrorCode, int] = {
@@ -42,6 +43,7 @@ _STATUS: dict[ErrorCode, int] = {
     ErrorCode.STALE_EPOCH: 503,
     ErrorCode.CONFIG: 500,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.LIMIT_REACHED: 403,
 }
 
 

@@ -353,3 +353,34 @@ async def test_events_are_published_as_server_frames(
     message = frames[0][1]
     assert message.type == "message" and message.seq == sent.seq and message.body == sent.body
     assert frames[2][1].type == "conversation" and frames[2][1].event == "added"
+
+
+async def test_group_caps_refuse_a_group_too_large_and_one_too_many(
+    ctx: EntityContext, make_user: MakeUser, redis: aioredis.Redis
+) -> None:
+    """Per-user caps (issue 11): members per group, at creation and on add; groups per owner.
+    A refused command changes nothing."""
+    capped = ctx.settings.model_copy(update={"max_group_members": 3, "max_groups_per_user": 2})
+    limited = EntityContext.build(capped, ctx.db, redis)
+    await limited.start()
+    try:
+        owner, ann, bob, cy = [await make_user(n) for n in ("owner", "ann", "bob", "cy")]
+        with pytest.raises(WarblerError) as info:
+            await create_conversation(
+                limited, CreateGroup(owner.id, "big", (ann.id, bob.id, cy.id))
+            )
+        assert info.value.code == ErrorCode.LIMIT_REACHED and info.value.status == 403
+        assert await limited.conversations.count_owned_groups(owner.id) == 0
+
+        entity, _ = await new_group(limited, owner, [ann, bob])
+        await expect_error(ErrorCode.LIMIT_REACHED, entity, AddMembers(owner.id, (cy.id,)))
+        info_after = await ask(entity, GetInfo(owner.id))
+        assert isinstance(info_after, ConversationInfo) and len(info_after.members) == 3
+
+        await new_group(limited, owner, [])
+        with pytest.raises(WarblerError) as info:
+            await create_conversation(limited, CreateGroup(owner.id, "third", ()))
+        assert info.value.code == ErrorCode.LIMIT_REACHED
+        assert await limited.conversations.count_owned_groups(owner.id) == 2
+    finally:
+        await limited.stop()
