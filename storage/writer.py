@@ -15,7 +15,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.appends import (
@@ -177,9 +177,10 @@ class GroupCommitWriter:
                 exc,
                 extra={"client_msg_ids": [p.draft.client_msg_id for p in batch[:50]]},
             )
+            err = _as_unavailable(exc)
             for p in batch:
                 if not p.future.done():
-                    p.future.set_exception(exc)
+                    p.future.set_exception(err)
             return
         _COMMIT_SECONDS.observe(time.perf_counter() - started)
         self.batches += 1
@@ -215,3 +216,25 @@ class GroupCommitWriter:
                 await conn.close()
             except Exception:  # already broken: the pool discards it
                 logger.debug("closing the writer's connection failed", exc_info=True)
+
+
+def _as_unavailable(exc: Exception) -> Exception:
+    """A lost or refused database connection is the database being unavailable: callers get
+    ``UNAVAILABLE`` (retry with the same client_msg_id: appends are idempotent), not an internal
+    error. Anything else (a constraint, a bug) goes up as it is."""
+    lost = isinstance(exc, OperationalError | InterfaceError | OSError) or (
+        isinstance(exc, DBAPIError)
+        and (
+            exc.connection_invalidated
+            # asyncpg's client-side protocol state error: what a connection terminated in the
+            # middle of an operation raises (seen when PostgreSQL killed the writer's backend).
+            or type(exc.orig).__name__ == "InternalClientError"
+        )
+    )
+    if not lost:
+        return exc
+    err = WarblerError(
+        ErrorCode.UNAVAILABLE, "the database is unavailable; retry with the same client_msg_id"
+    )
+    err.__cause__ = exc
+    return err

@@ -379,3 +379,43 @@ async def test_submit_queues_synchronously_in_call_order(
     assert [r.body["i"] for r in results] == list(range(8))
     stored = await messages.page_messages(conv, after_seq=0, limit=100)
     assert [(m.seq, m.client_msg_id) for m in stored] == [(r.seq, r.client_msg_id) for r in results]
+
+
+async def test_a_lost_database_connection_fails_the_batch_as_unavailable(
+    db: Database, conversations: ConversationStore, messages: MessageStore, sender: User, uid: str
+) -> None:
+    """PostgreSQL terminates the writer's connection (a failover, an admin's kill): the batch
+    fails with UNAVAILABLE, which clients retry under the same id, not internal_error (the chaos
+    bench's SQL cut answered 25 sends with internal_error); the writer reconnects by itself."""
+    if db.dialect != "postgresql":
+        pytest.skip("terminating a backend is PostgreSQL's pg_terminate_backend")
+    from sqlalchemy import text
+
+    (conv,) = await _groups(conversations, sender, 1)
+    counter = SeqCounter()
+    writer = await _started(GroupCommitWriter(db, max_delay_ms=1))
+    try:
+        await writer.append(MessageDraft(conv, sender.id, f"{uid}-a", "text", {}), counter)
+        async with db.autocommit_engine.connect() as admin:
+            # The writer's own connection: the newest backend that ran the batch statement.
+            killed = await admin.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    " AND query LIKE '%json_to_recordset%'"
+                    " AND backend_start = (SELECT max(backend_start) FROM pg_stat_activity"
+                    "  WHERE query LIKE '%json_to_recordset%' AND pid <> pg_backend_pid())"
+                )
+            )
+            assert killed.all(), "no writer connection found"
+        with pytest.raises(WarblerError) as info:
+            await writer.append(MessageDraft(conv, sender.id, f"{uid}-b", "text", {}), counter)
+        assert info.value.code == ErrorCode.UNAVAILABLE
+        stored = await writer.append(MessageDraft(conv, sender.id, f"{uid}-b", "text", {}), counter)
+        assert (stored.seq, stored.duplicate) == (2, False)
+    finally:
+        await writer.stop()
+    assert [m.client_msg_id for m in await messages.page_messages(conv, after_seq=0)] == [
+        f"{uid}-a",
+        f"{uid}-b",
+    ]
