@@ -13,6 +13,7 @@ import httpx
 import pytest
 from gwclient import Account, Device, make_account
 
+from serve.app import DEPLOYMENT_NAME
 from tests.support import GatewayInfo
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -107,7 +108,8 @@ async def test_killed_gateway_replica(http: httpx.AsyncClient, gateway: GatewayI
     killed: list[int] = []
 
     async def kill_one_replica() -> None:
-        names = _named_actors("serve", f"SERVE_REPLICA::{gateway.app_name}#")
+        # The gateway's replicas, not the app's other deployments (the ChatAI embedder).
+        names = _named_actors("serve", f"SERVE_REPLICA::{gateway.app_name}#{DEPLOYMENT_NAME}#")
         assert len(names) >= 2, names
         pid = _pid_of(names[0], "serve")
         os.kill(pid, signal.SIGKILL)
