@@ -57,7 +57,7 @@ def test_the_bench_redis_server_restarts_empty(tmp_path: Path) -> None:
     target = Target("warbler", "http://127.0.0.1:1", lambda: [], data_dir=tmp_path)
     options = _options("--chaos-redis", "server", "--redis-down-s", "0.2")
     with chaos.redis_server() as url:
-        assert chaos.applicable(target, options)[0][-1] == "redis-restart"
+        assert "redis-restart" in chaos.applicable(target, options)[0]  # sql-cut follows on PG
         client = redis.Redis.from_url(url, socket_timeout=2)
         client.set("k", b"v")
         did = chaos.INJECT["redis-restart"](target, options)
