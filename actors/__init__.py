@@ -31,6 +31,7 @@ from actors.messages import (
     Receipt,
     RemoveMember,
     Rename,
+    Request,
     SessionInfo,
     SetRole,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "Receipt",
     "RemoveMember",
     "Rename",
+    "Request",
     "Runtime",
     "SessionInfo",
     "SetRole",

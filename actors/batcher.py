@@ -15,6 +15,7 @@ from typing import Any
 
 from ray.exceptions import ActorUnavailableError
 
+from actors.messages import Request
 from actors.wire import Envelope
 
 logger = logging.getLogger(__name__)
@@ -49,14 +50,14 @@ class HostChannel:
         self._max_batch = max(1, max_batch)
         self._max_inflight = max(1, max_inflight)
         self._batch_timeout_s = batch_timeout_s
-        self._queue: list[tuple[str, object, asyncio.Future[object]]] = []
+        self._queue: list[tuple[str, Request[Any], asyncio.Future[object]]] = []
         self._inflight = 0
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches_sent = 0
         self.envelopes_sent = 0
 
-    def submit(self, key: str, message: object) -> asyncio.Future[object]:
+    def submit(self, key: str, message: Request[Any]) -> asyncio.Future[object]:
         """Queue one envelope; the future resolves with its result."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[object] = loop.create_future()
@@ -81,7 +82,7 @@ class HostChannel:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, batch: list[tuple[str, object, asyncio.Future[object]]]) -> None:
+    async def _send(self, batch: list[tuple[str, Request[Any], asyncio.Future[object]]]) -> None:
         envelopes: list[Envelope] = [(key, message) for key, message, _ in batch]
         self.batches_sent += 1
         self.envelopes_sent += len(envelopes)

@@ -14,11 +14,15 @@ A turn, for a member's message the conversation entity hands over after its comm
    ``client_msg_id`` is ``bot:<conversation>:<trigger seq>``, so a retried turn after a host
    death finds it instead of logging a second one), stream ``message_delta`` frames as the
    text grows, store the final body in SQL and publish the final frame.
+
+A turn that fails (raises: the embedder, a broken provider stream, SQL) is counted per trigger
+and answered with a retry request (``turn_retry``); its sender resends it with backoff
+(actors.bot_link). The ``TURN_ATTEMPTS``-th failure of the same trigger posts one error
+message as the trigger's answer instead, and the trigger counts as handled.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -47,6 +51,8 @@ from actors.names import NEW_CONVERSATION_KEY, conv_key, parse_key
 from storage.knowledge import Passage
 from storage.models import Bot, User
 from warbler.errors import ErrorCode, WarblerError
+from warbler.protocol import message_delta_payload
+from warbler.sealed import open_provider
 
 logger = logging.getLogger(__name__)
 
@@ -55,35 +61,19 @@ HANDLED_MAX = 64
 PASSAGES_RANKED = 4
 # The final body must fit the conversation's body limit with room for the sources.
 ANSWER_CHARS_MAX = 8000
+# A failing turn runs at most this many times (the first and three resends), then the bot says
+# it could not answer.
+TURN_ATTEMPTS = 4
+TURN_FAILED_TEXT = (
+    "Sorry, something went wrong and I could not answer this message. "
+    'Please ask again, or type "human" to reach a person.'
+)
 _HUMAN = re.compile(r"\b(human|agent|person|operator)\b", re.IGNORECASE)
 
 
 def wants_human(text: str) -> bool:
     """True when a customer asks for a person ("human", "agent", ...)."""
     return bool(_HUMAN.search(text))
-
-
-def delta_payload(
-    conversation_id: int,
-    seq: int,
-    sender_id: int,
-    text: str,
-    final: bool,
-    body: dict[str, Any] | None = None,
-) -> bytes:
-    """A ``message_delta`` frame (warbler.protocol.MessageDeltaFrame): the text so far of
-    the bot's answer logged at ``seq``; the final one carries the stored body."""
-    frame: dict[str, Any] = {
-        "type": "message_delta",
-        "conversation_id": conversation_id,
-        "seq": seq,
-        "sender_id": sender_id,
-        "text": text,
-        "final": final,
-    }
-    if body is not None:
-        frame["body"] = body
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @dataclass(slots=True)
@@ -101,6 +91,8 @@ class BotConversationState:
     origin_id: int | None = None
     answered: int = 0
     budget_noted: bool = False
+    # One entry per failed run of a trigger (its seq), until the trigger is handled.
+    failures: list[int] = field(default_factory=list)
 
     def dump(self) -> bytes:
         """Compact msgpack, positional."""
@@ -118,6 +110,7 @@ class BotConversationState:
                 self.origin_id,
                 self.answered,
                 self.budget_noted,
+                self.failures,
             ]
         )
 
@@ -171,30 +164,94 @@ class BotEntity(Entity[BotConversationState]):
             return TurnResult("duplicate")
         if msg.sender_id in msg.bot_user_ids:
             return TurnResult("silent")  # bots never answer bots
-        result = await self._turn(msg)
+        retried = msg.seq in s.failures
+        try:
+            result = await self._turn(msg, retried=retried)
+        except Exception as exc:
+            s.failures.append(msg.seq)
+            self._changed()
+            attempts = s.failures.count(msg.seq)
+            if attempts < TURN_ATTEMPTS:
+                logger.warning(
+                    "conversation %s: bot turn for seq %s failed (attempt %d of %d): %r",
+                    msg.conversation_id,
+                    msg.seq,
+                    attempts,
+                    TURN_ATTEMPTS,
+                    exc,
+                )
+                raise WarblerError(
+                    ErrorCode.UNAVAILABLE,
+                    "the bot turn failed; resend it later",
+                    details={"turn_retry": attempts},
+                ) from exc
+            logger.error(
+                "conversation %s: bot turn for seq %s failed %d times, giving up: %r",
+                msg.conversation_id,
+                msg.seq,
+                attempts,
+                exc,
+            )
+            result = await self._give_up(msg)
         s.handled.append(msg.seq)
         del s.handled[:-HANDLED_MAX]
+        s.failures = [seq for seq in s.failures if seq != msg.seq]
         self._changed()
         return result
 
-    async def _turn(self, msg: BotTurn) -> TurnResult:
-        s, link = self.state, self._link
-        bots = await link.bots.bots_of_users(msg.bot_user_ids)
+    async def _give_up(self, msg: BotTurn) -> TurnResult:
+        """The trigger's answer becomes one error message: the answer's placeholder (logged
+        now, or found where a failed run left it: same ``client_msg_id``) is finished with
+        the error, so the trigger never gets both an answer and the error, nor either twice."""
+        try:
+            addressed, _ = await self._addressed_bots(msg)
+            if not addressed:
+                return TurnResult("failed")
+            bot, cid = addressed[0], msg.conversation_id
+            event = await self._placeholder(bot, msg)
+            if event.duplicate and (event.body.get("bot") or {}).get("final"):
+                return TurnResult("duplicate", event.seq)
+            body: dict[str, Any] = {
+                "text": TURN_FAILED_TEXT,
+                "bot": {"final": True, "bot_id": bot.id, "error": "turn_failed"},
+            }
+            await self._link.bots.finish_answer(cid, event.seq, bot.user_id, body)
+            self.ctx.publisher.publish(
+                self.ctx.keys.conv_channel(cid),
+                message_delta_payload(cid, event.seq, bot.user_id, TURN_FAILED_TEXT, True, body),
+            )
+            return TurnResult("failed", event.seq)
+        except Exception:
+            # Even the error message failed: stop anyway (bounded); the log says why.
+            logger.exception(
+                "conversation %s: the error message for seq %s failed too",
+                msg.conversation_id,
+                msg.seq,
+            )
+            return TurnResult("failed")
+
+    async def _addressed_bots(self, msg: BotTurn) -> tuple[list[Bot], dict[int, User]]:
+        bots = await self._link.bots.bots_of_users(msg.bot_user_ids)
         users = {
             u.id: u
             for u in await self.ctx.users.list_users([b.user_id for b in bots] + [msg.sender_id])
         }
-        addressed = [b for b in bots if self._addressed(b, users.get(b.user_id), msg)]
+        return [b for b in bots if self._addressed(b, users.get(b.user_id), msg)], users
+
+    async def _turn(self, msg: BotTurn, *, retried: bool = False) -> TurnResult:
+        s, link = self.state, self._link
+        addressed, users = await self._addressed_bots(msg)
         if not addressed:
             return TurnResult("not_addressed")
         if s.handed_off:
             return TurnResult("silent")
         now = time.time()
         s.turns = [t for t in s.turns if t > now - 60.0]
-        if len(s.turns) >= self.ctx.settings.bot_turns_per_minute:
-            logger.info("conversation %s: bot turn limit reached", msg.conversation_id)
-            return TurnResult("rate_limited")
-        s.turns.append(now)
+        if not retried:  # a resend of a failed turn was counted when it first ran
+            if len(s.turns) >= self.ctx.settings.bot_turns_per_minute:
+                logger.info("conversation %s: bot turn limit reached", msg.conversation_id)
+                return TurnResult("rate_limited")
+            s.turns.append(now)
         bot = addressed[0]  # one answer per message, from the first bot addressed
         customer = users.get(msg.sender_id)
         if wants_human(msg.text):
@@ -230,8 +287,8 @@ class BotEntity(Entity[BotConversationState]):
         return re.search(rf"@{re.escape(user.username)}\b", msg.text, re.IGNORECASE) is not None
 
     async def _exhausted(self, bot: Bot) -> bool:
-        fresh = await self._link.bots.get_bot(bot.id)
-        if fresh is not None and fresh.token_budget > 0 and fresh.tokens_used >= fresh.token_budget:
+        # ``bot`` was read from SQL for this turn (``_addressed_bots``): its spend is fresh.
+        if bot.token_budget > 0 and bot.tokens_used >= bot.token_budget:
             return True
         owner_budget = self.ctx.settings.bot_owner_token_budget
         if owner_budget > 0:
@@ -247,29 +304,26 @@ class BotEntity(Entity[BotConversationState]):
         confidence: float,
     ) -> TurnResult:
         link, cid = self._link, msg.conversation_id
-        runtime = await link.runtime()
-        placeholder = {"text": "", "bot": {"streaming": True, "bot_id": bot.id}}
-        event = await runtime.call(
-            conv_key(cid), Append(bot.user_id, f"bot:{cid}:{msg.seq}", "json", placeholder)
-        )
-        if not isinstance(event, MessageEvent):
-            raise WarblerError(ErrorCode.INTERNAL, f"Append answered {type(event)}")
+        event = await self._placeholder(bot, msg)
         if event.duplicate and (event.body.get("bot") or {}).get("final"):
             return TurnResult("duplicate", event.seq)  # answered before a crash; keep it
         seq, channel = event.seq, self.ctx.keys.conv_channel(cid)
         publisher = self.ctx.publisher
 
         async def on_text(text: str) -> None:
-            publisher.publish(channel, delta_payload(cid, seq, bot.user_id, text, False))
+            delta = message_delta_payload(cid, seq, bot.user_id, text, False)
+            publisher.publish(channel, delta)
 
         prompt = Prompt(bot.system_prompt, question, tuple(hits))
-        provider = provider_for(bot.provider, self.ctx.settings.bot_provider_timeout_s)
         sources = [
             {"document": p.doc_name, "heading": p.heading, "score": round(score, 3)}
             for score, p in cited(prompt)
         ]
         error: str | None = None
         try:
+            # The key is stored sealed (warbler/sealed.py): opened only here, for the call.
+            config = open_provider(bot.provider, self.ctx.settings.resolved_secret_key())
+            provider = provider_for(config, self.ctx.settings.bot_provider_timeout_s)
             text, tokens = await run_with_retry(
                 provider, prompt, on_text, timeout_s=self.ctx.settings.bot_provider_timeout_s
             )
@@ -290,12 +344,22 @@ class BotEntity(Entity[BotConversationState]):
             meta["error"] = error
         final_text = text[:ANSWER_CHARS_MAX]
         body: dict[str, Any] = {"text": final_text, "bot": meta}
-        await link.bots.finish_answer(cid, seq, bot.user_id, body)
-        publisher.publish(channel, delta_payload(cid, seq, bot.user_id, final_text, True, body))
-        if tokens:
-            await link.bots.charge(bot.id, tokens)
+        # The final body and its cost in one transaction: an answer is never free, nor
+        # charged twice, whatever dies when.
+        await link.bots.finish_answer(cid, seq, bot.user_id, body, charge=(bot.id, tokens))
+        final = message_delta_payload(cid, seq, bot.user_id, final_text, True, body)
+        publisher.publish(channel, final)
         self.state.answered += 1
         return TurnResult("answered" if not error else "failed", seq)
+
+    async def _placeholder(self, bot: Bot, msg: BotTurn) -> MessageEvent:
+        """The trigger's answer as first logged (or as logged before: same id, same body)."""
+        runtime = await self._link.runtime()
+        cid = msg.conversation_id
+        placeholder = {"text": "", "bot": {"streaming": True, "bot_id": bot.id}}
+        return await runtime.call(
+            conv_key(cid), Append(bot.user_id, f"bot:{cid}:{msg.seq}", "json", placeholder)
+        )
 
     async def _post(self, bot: Bot, client_msg_id: str, text: str, meta: dict[str, Any]) -> int:
         """Log a complete bot message (notices: budget, handoff)."""
@@ -305,8 +369,6 @@ class BotEntity(Entity[BotConversationState]):
             conv_key(self.state.conversation_id),
             Append(bot.user_id, client_msg_id, "json", body),
         )
-        if not isinstance(event, MessageEvent):
-            raise WarblerError(ErrorCode.INTERNAL, f"Append answered {type(event)}")
         return event.seq
 
     # --- handoff ----------------------------------------------------------------------------
@@ -345,8 +407,6 @@ class BotEntity(Entity[BotConversationState]):
                 op_id=f"handoff:{cid}:{msg.seq}",
             ),
         )
-        if not isinstance(created, MessageEvent):
-            raise WarblerError(ErrorCode.INTERNAL, f"CreateGroup answered {type(created)}")
         support = created.conversation_id
         quoted = msg.text[:500]
         await runtime.call(bot_key(support), OpenSupport(cid, agent, bot.id))

@@ -1,8 +1,11 @@
-"""Turning an uploaded document into passages: text from Markdown, HTML or plain text, then
-chunks of a few sentences that keep the heading they sit under (cited with the answer)."""
+"""Turning an uploaded document into passages: text from Markdown, HTML, plain text or a PDF's
+text layer, then chunks of a few sentences that keep the heading they sit under (cited with the
+answer)."""
 
 from __future__ import annotations
 
+import io
+import logging
 import re
 from html.parser import HTMLParser
 
@@ -10,8 +13,13 @@ from warbler.errors import ErrorCode, WarblerError
 
 # ~100 words: long enough to hold a FAQ answer, short enough for MiniLM's 256-token window.
 PASSAGE_CHARS = 600
+# The gateway lets a document upload's body be this large (every other request: 64 KiB).
 MAX_DOCUMENT_BYTES = 2 * 1024 * 1024
-CONTENT_TYPES = ("text/plain", "text/markdown", "text/html")
+CONTENT_TYPES = ("text/plain", "text/markdown", "text/html", "application/pdf")
+# A PDF that expands to more text than this is refused (a small file can hold a lot).
+MAX_PDF_CHARS = 4 * MAX_DOCUMENT_BYTES
+
+logger = logging.getLogger(__name__)
 
 _HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
 _BLANK = re.compile(r"\n\s*\n")
@@ -58,6 +66,8 @@ def content_type_of(name: str, declared: str | None) -> str:
         return "text/html"
     if lower.endswith(".txt"):
         return "text/plain"
+    if lower.endswith(".pdf"):
+        return "application/pdf"
     base = (declared or "text/plain").split(";")[0].strip().lower()
     if base not in CONTENT_TYPES:
         raise WarblerError(
@@ -72,6 +82,8 @@ def extract_text(content_type: str, data: bytes) -> str:
         raise WarblerError(
             ErrorCode.TOO_LARGE, f"documents are limited to {MAX_DOCUMENT_BYTES} bytes"
         )
+    if content_type == "application/pdf":
+        return _pdf_text(data)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -81,6 +93,37 @@ def extract_text(content_type: str, data: bytes) -> str:
         parser.feed(text)
         parser.close()
         text = "".join(parser.parts)
+    return text
+
+
+def _pdf_text(data: bytes) -> str:
+    """The text layer of a PDF, a page per paragraph block (a scanned PDF has none: refused)."""
+    from pypdf import PdfReader  # only for PDFs: most documents are text
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted:
+            raise WarblerError(ErrorCode.VALIDATION, "the PDF is encrypted; upload it unlocked")
+        pages: list[str] = []
+        size = 0
+        for page in reader.pages:
+            text = page.extract_text() or ""
+            size += len(text)
+            if size > MAX_PDF_CHARS:
+                raise WarblerError(
+                    ErrorCode.TOO_LARGE, f"the PDF holds more than {MAX_PDF_CHARS} characters"
+                )
+            pages.append(text)
+    except WarblerError:
+        raise
+    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as exc:
+        # pypdf raises several kinds on a damaged file; none of them is ours to crash on.
+        logger.info("unreadable PDF: %r", exc)
+        raise WarblerError(ErrorCode.VALIDATION, "not a readable PDF") from exc
+    text = "\n\n".join(p.strip() for p in pages if p.strip())
+    if not text:
+        raise WarblerError(ErrorCode.VALIDATION, "the PDF has no text layer (a scan?)")
     return text
 
 

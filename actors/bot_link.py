@@ -9,11 +9,12 @@ never opens its Runtime.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actors.bot_embedding import DIM, EmbedClient
 from actors.bot_messages import BotTurn, bot_key
@@ -23,6 +24,10 @@ from storage.keys import Keys
 from storage.knowledge import KnowledgeIndex, KnowledgeStore
 from storage.models import Bot
 from storage.redis import connect_redis
+from warbler.errors import WarblerError
+
+if TYPE_CHECKING:
+    from actors.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +42,9 @@ TURN_BATCHES_IN_FLIGHT = 64
 # answers each trigger once), so this only bounds how late a lost turn is answered.
 TURN_RESEND_AFTER_S = 15.0
 SWEEP_EVERY_S = 3.0
+# A turn its bot entity failed (it answers ``turn_retry``: the failures so far) is resent after
+# these delays, one per failure; the entity gives up after actors.bot.TURN_ATTEMPTS runs.
+TURN_RETRY_DELAYS_S = (2.0, 6.0, 18.0)
 
 
 class BotLink:
@@ -52,7 +60,7 @@ class BotLink:
         self.version = 0
         self._loaded_at = -1e9
         self._lock = asyncio.Lock()
-        self._runtime: Any = None
+        self._runtime: Runtime | None = None
         self._runtime_lock = asyncio.Lock()
         self._indexes: dict[int, KnowledgeIndex] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -80,11 +88,12 @@ class BotLink:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def _sweep(self) -> None:
-        """Resend turns whose sender died (see TURN_RESEND_AFTER_S); every host sweeps."""
+        """Resend turns whose sender died (see TURN_RESEND_AFTER_S) and failed turns when their
+        retry is due (TURN_RETRY_DELAYS_S); every host sweeps."""
         while True:
             await asyncio.sleep(SWEEP_EVERY_S)
             try:
-                for raw in await self._pending_cache().claim_stale(TURN_RESEND_AFTER_S):
+                for raw in await self._pending_cache().claim_due(TURN_RESEND_AFTER_S):
                     self.turns_resent += 1
                     logger.info("resending bot turn %s", raw[:80])
                     self._spawn(self._send(turn_from_bytes(raw), raw))
@@ -108,7 +117,7 @@ class BotLink:
                 self.version += 1
         return self.ids
 
-    async def runtime(self) -> Any:
+    async def runtime(self) -> Runtime:
         """This host's Runtime for bot traffic (connected on first use)."""
         if self._runtime is None:
             async with self._runtime_lock:
@@ -138,13 +147,35 @@ class BotLink:
         pending = self._pending_cache()
         try:
             if record:
-                await pending.add(raw)
+                await pending.add(raw, TURN_RESEND_AFTER_S)
             runtime = await self.runtime()
             await runtime.call(bot_key(turn.conversation_id), turn)
             self.turns_sent += 1
             await pending.done(raw)
+        except WarblerError as exc:
+            # Left in the pending set: a sweep resends it later, sooner when the bot entity
+            # asked for a retry (it counts the failures and gives up by itself).
+            self.turns_failed += 1
+            failures = exc.details.get("turn_retry")
+            if isinstance(failures, int) and failures >= 1:
+                delay = TURN_RETRY_DELAYS_S[min(failures, len(TURN_RETRY_DELAYS_S)) - 1]
+                logger.info(
+                    "bot turn for conversation %s seq %s failed (%d); resending in %.0fs",
+                    turn.conversation_id,
+                    turn.seq,
+                    failures,
+                    delay,
+                )
+                with contextlib.suppress(Exception):
+                    await pending.postpone(raw, delay)
+            else:
+                logger.warning(
+                    "bot turn for conversation %s seq %s failed: %r",
+                    turn.conversation_id,
+                    turn.seq,
+                    exc,
+                )
         except Exception:
-            # Left in the pending set: a sweep resends it later.
             self.turns_failed += 1
             logger.exception(
                 "bot turn for conversation %s seq %s failed", turn.conversation_id, turn.seq

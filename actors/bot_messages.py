@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from actors.messages import _Wire
+from actors.messages import Request, _Wire
 
 BOT = "bot"
 
@@ -12,57 +12,6 @@ BOT = "bot"
 def bot_key(conversation_id: int) -> str:
     """The key of the entity that runs the bots of one conversation."""
     return f"{BOT}:{conversation_id}"
-
-
-@dataclass(frozen=True, slots=True)
-class BotTurn(_Wire):
-    """A member's message was committed in a conversation with bots (sent by the conversation
-    entity after the commit). Idempotent by ``(conversation_id, seq)``: the answer's
-    ``client_msg_id`` is derived from it."""
-
-    conversation_id: int
-    seq: int
-    sender_id: int
-    text: str
-    conversation_kind: str
-    bot_user_ids: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class HandBack(_Wire):
-    """An agent gives the conversation back to its bot (the bot answers again)."""
-
-    agent_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class RequestHandoff(_Wire):
-    """A member asks for a human (the web page's "Talk to a human" button)."""
-
-    user_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class OpenSupport(_Wire):
-    """Sent by a handoff to the new support conversation's bot entity."""
-
-    origin_id: int
-    agent_id: int
-    bot_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class LinkedHandBack(_Wire):
-    """The other side of a hand-back (sent by the side that checked the agent)."""
-
-    from_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class GetBotState(_Wire):
-    """Whether the conversation is handed off, and to whom (members only)."""
-
-    user_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,3 +33,54 @@ class TurnResult(_Wire):
 
     outcome: str
     seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BotTurn(Request[TurnResult]):
+    """A member's message was committed in a conversation with bots (sent by the conversation
+    entity after the commit). Idempotent by ``(conversation_id, seq)``: the answer's
+    ``client_msg_id`` is derived from it."""
+
+    conversation_id: int
+    seq: int
+    sender_id: int
+    text: str
+    conversation_kind: str
+    bot_user_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HandBack(Request[BotConversationInfo]):
+    """An agent gives the conversation back to its bot (the bot answers again)."""
+
+    agent_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHandoff(Request[BotConversationInfo]):
+    """A member asks for a human (the web page's "Talk to a human" button)."""
+
+    user_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class OpenSupport(Request[BotConversationInfo]):
+    """Sent by a handoff to the new support conversation's bot entity."""
+
+    origin_id: int
+    agent_id: int
+    bot_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkedHandBack(Request[BotConversationInfo]):
+    """The other side of a hand-back (sent by the side that checked the agent)."""
+
+    from_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class GetBotState(Request[BotConversationInfo]):
+    """Whether the conversation is handed off, and to whom (members only)."""
+
+    user_id: int

@@ -26,7 +26,6 @@ from actors.bot_messages import BotTurn
 from actors.codec import pack, unpack
 from actors.context import EntityContext
 from actors.entity import Entity, Later, handles
-from actors.events import conversation_payload, message_payload, receipt_payload
 from actors.messages import (
     AddMembers,
     Append,
@@ -43,6 +42,7 @@ from actors.messages import (
     Receipt,
     RemoveMember,
     Rename,
+    Request,
     Role,
     SetRole,
 )
@@ -52,6 +52,7 @@ from storage.messages import PAGE_LIMIT_MAX
 from storage.models import CLIENT_MSG_ID_MAX, KIND_MAX, TITLE_MAX, Message
 from storage.writer import MessageDraft, SeqCounter, StoredMessage
 from warbler.errors import ErrorCode, WarblerError
+from warbler.protocol import conversation_payload, message_payload, receipt_payload
 
 logger = logging.getLogger(__name__)
 
@@ -290,7 +291,7 @@ class ConversationEntity(Entity[ConversationState]):
     # --- the log ----------------------------------------------------------------------------
 
     @handles(Append)
-    def append(self, msg: Append) -> object:
+    def append(self, msg: Append) -> Later[MessageEvent]:
         """Answers after the SQL commit, through ``Later`` (the mailbox does not wait)."""
         state = self.state
         roles.require_member(state.members, msg.sender_id, state.conversation_id)
@@ -361,9 +362,16 @@ class ConversationEntity(Entity[ConversationState]):
         event = _event(stored)
         if not stored.duplicate:
             self._apply_committed(stored.seq, stored.sender_id, stored.client_msg_id)
-            self.ctx.publisher.publish(
-                self.ctx.keys.conv_channel(stored.conversation_id), message_payload(event)
+            payload = message_payload(
+                stored.conversation_id,
+                stored.seq,
+                stored.sender_id,
+                stored.client_msg_id,
+                stored.kind,
+                stored.body,
+                stored.created_at,
             )
+            self.ctx.publisher.publish(self.ctx.keys.conv_channel(stored.conversation_id), payload)
             if stored.kind != SYSTEM:
                 self._hand_to_bots(event)
         return event
@@ -398,7 +406,7 @@ class ConversationEntity(Entity[ConversationState]):
         return _event(stored, duplicate=True)
 
     @handles(ReadLog)
-    def read_log(self, msg: ReadLog) -> object:
+    def read_log(self, msg: ReadLog) -> Later[list[MessageEvent]]:
         """A page of the log (reads run beside the mailbox: they change nothing)."""
         state = self.state
         roles.require_member(state.members, msg.user_id, state.conversation_id)
@@ -417,7 +425,7 @@ class ConversationEntity(Entity[ConversationState]):
         return [_event(m, duplicate=False) for m in rows]
 
     @handles(MarkRead)
-    def mark_read(self, msg: MarkRead) -> object:
+    def mark_read(self, msg: MarkRead) -> Later[Receipt]:
         """Advance the member's read cursor (clamped to the last committed seq)."""
         state = self.state
         roles.require_member(state.members, msg.user_id, state.conversation_id)
@@ -429,7 +437,8 @@ class ConversationEntity(Entity[ConversationState]):
         cid = self.state.conversation_id
         stored = await self.ctx.conversations.set_read_seq(cid, user_id, seq)
         receipt = Receipt(cid, user_id, stored)
-        self.ctx.publisher.publish(self.ctx.keys.conv_channel(cid), receipt_payload(receipt))
+        payload = receipt_payload(cid, user_id, stored)
+        self.ctx.publisher.publish(self.ctx.keys.conv_channel(cid), payload)
         return receipt
 
     @handles(GetInfo)
@@ -684,7 +693,7 @@ def _as_role(role: str) -> Role:
     return _CODE_ROLE[_ROLE_CODE[role]]
 
 
-async def create_conversation(ctx: EntityContext, message: object) -> Redirect:
+async def create_conversation(ctx: EntityContext, message: Request[Any]) -> Redirect:
     """The ``"conv:new"`` factory: insert the conversation rows, then redirect the command to
     the new conversation's entity. Runs outside any mailbox (it only inserts new rows)."""
     if isinstance(message, CreateGroup):

@@ -8,6 +8,9 @@ mailbox: its handlers run one at a time, in arrival order.
 A handler that must not hold the mailbox while it waits (an append waiting for its group
 commit) returns ``Later(awaitable)``: the mailbox moves on at once and the caller's reply
 resolves when the awaitable does.
+
+Every message is a ``Request[R]`` (``actors.messages``); its handler returns ``R``, a
+``Later[R]``, or (``async def``) a coroutine of ``R``, and mypy checks that at ``@handles``.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Coroutine
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeAlias, TypeVar
 
 from actors.context import EntityContext
+from actors.messages import Request
 from warbler.errors import ErrorCode, WarblerError
 
 S = TypeVar("S")
@@ -28,7 +32,7 @@ E = TypeVar("E", bound="Entity[Any]")
 _HANDLES_ATTR = "__warbler_handles__"
 
 
-class Later:
+class Later(Generic[R]):
     """A reply that completes after the mailbox has moved on (see the module docstring).
 
     A coroutine is scheduled as a task right away, so work it queues (a draft handed to the
@@ -38,21 +42,27 @@ class Later:
 
     __slots__ = ("task",)
 
-    def __init__(self, work: Coroutine[Any, Any, object] | asyncio.Future[Any]) -> None:
-        self.task: asyncio.Future[object] = asyncio.ensure_future(work)
+    def __init__(self, work: Coroutine[Any, Any, R] | asyncio.Future[R]) -> None:
+        self.task: asyncio.Future[R] = asyncio.ensure_future(work)
+
+
+# What a handler of a Request[R] returns: the reply, a Later of it, or (async def) a
+# coroutine of it.
+Handled: TypeAlias = R | Later[R] | Coroutine[Any, Any, R]
 
 
 def handles(
-    message_type: type[M],
-) -> Callable[[Callable[[E, M], R]], Callable[[E, M], R]]:
-    """Mark a method as the handler of ``message_type`` messages.
+    message_type: type[Request[R]],
+) -> Callable[[Callable[[E, M], Handled[R]]], Callable[[E, M], Handled[R]]]:
+    """Mark a method as the handler of ``message_type`` messages; mypy checks that it returns
+    the reply type the message declares.
 
     A plain ``def`` handler must not wait for anything: it validates, changes state and
     answers (or returns ``Later``). The host runs it inline when the mailbox is idle, which
     costs no task. An ``async def`` handler may await; the mailbox runs it in a task.
     """
 
-    def mark(method: Callable[[E, M], R]) -> Callable[[E, M], R]:
+    def mark(method: Callable[[E, M], Handled[R]]) -> Callable[[E, M], Handled[R]]:
         setattr(method, _HANDLES_ATTR, message_type)
         return method
 
@@ -93,15 +103,16 @@ class Entity(Generic[S]):
         """The message types this kind answers."""
         return frozenset(cls._handlers)
 
-    def handles_inline(self, message: object) -> bool:
+    def handles_inline(self, message: Request[Any]) -> bool:
         """True if ``message``'s handler is a plain function (it never waits)."""
         return type(message) in self._inline
 
-    def handle_inline(self, message: object) -> object:
+    def handle_inline(self, message: Request[R]) -> R | Later[R]:
         """Run a plain-function handler (see ``handles_inline``)."""
-        return self._handlers[type(message)](self, message)
+        result: R | Later[R] = self._handlers[type(message)](self, message)
+        return result
 
-    async def handle(self, message: object) -> object:
+    async def handle(self, message: Request[R]) -> R | Later[R]:
         """Run the handler of ``message``'s type (UNSUPPORTED if there is none)."""
         handler = self._handlers.get(type(message))
         if handler is None:
@@ -109,7 +120,7 @@ class Entity(Generic[S]):
                 ErrorCode.UNSUPPORTED,
                 f"{self.kind} entities do not handle {type(message).__name__}",
             )
-        result = handler(self, message)
+        result: Handled[R] = handler(self, message)
         if inspect.isawaitable(result):
             return await result
         return result

@@ -29,6 +29,7 @@ from actors.directory import Ownership, ShardMap
 from actors.directory_store import DirectoryStore
 from actors.entity import Entity
 from actors.mailbox import ACTIVATING, ACTIVE, GONE, PASSIVATING, Activation, Reply, as_error
+from actors.messages import Request
 from actors.names import NEW_CONVERSATION_KEY, parse_key
 from actors.session import UserSessionEntity
 from actors.wire import BatchReply, Envelope, stale_epoch
@@ -171,7 +172,7 @@ class HostCore:
         await reply.done
         return self.ownership.committed_epoch, reply.results
 
-    def _deliver(self, key: str, message: object, reply: Reply, index: int) -> None:
+    def _deliver(self, key: str, message: Request[Any], reply: Reply, index: int) -> None:
         activation = self._table.get(key)
         if activation is None:
             try:
@@ -203,7 +204,12 @@ class HostCore:
         activation.post(message, reply, index)
 
     async def _deliver_after(
-        self, closing: asyncio.Future[None], key: str, message: object, reply: Reply, index: int
+        self,
+        closing: asyncio.Future[None],
+        key: str,
+        message: Request[Any],
+        reply: Reply,
+        index: int,
     ) -> None:
         await asyncio.shield(closing)
         if self._stopping or not self.ownership.owns(key):
@@ -211,7 +217,7 @@ class HostCore:
         else:
             self._deliver(key, message, reply, index)
 
-    def _spawn_factory(self, message: object, reply: Reply, index: int) -> None:
+    def _spawn_factory(self, message: Request[Any], reply: Reply, index: int) -> None:
         async def run() -> None:
             try:
                 async with self._activating:  # same bound: it opens SQL sessions too

@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any
 
 from actors.entity import Entity, Later
+from actors.messages import Request
 from warbler import logs
 from warbler.errors import ErrorCode, WarblerError
 
@@ -78,7 +79,7 @@ class Activation:
         self.key = key
         self.entity: Entity[Any] | None = None
         self.status = ACTIVATING
-        self.queue: deque[tuple[object, Reply, int]] | None = None
+        self.queue: deque[tuple[Request[Any], Reply, int]] | None = None
         self.running = False
         self.pending = 0
         self.last_used = 0.0
@@ -90,7 +91,7 @@ class Activation:
         self.waiters: list[asyncio.Future[None]] | None = None
         self._on_answer = on_answer
 
-    def post(self, message: object, reply: Reply, index: int) -> None:
+    def post(self, message: Request[Any], reply: Reply, index: int) -> None:
         """Handle or queue a message; its answer goes to ``reply.set(index, ...)``."""
         self.pending += 1
         entity = self.entity

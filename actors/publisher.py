@@ -50,13 +50,21 @@ class Publisher:
                 batch, self._queue = self._queue, []
                 give_up = asyncio.get_running_loop().time() + RETRY_FOR_S
                 delay = 0.05
+                failed_since: float | None = None
                 while True:
                     try:
                         await self._bus.publish_many(batch)
                         self.published += len(batch)
                         self.flushes += 1
+                        if failed_since is not None:
+                            logger.warning(
+                                "published %d events after %.2fs of failed flushes",
+                                len(batch), asyncio.get_running_loop().time() - failed_since,
+                            )
                         break
                     except Exception:
+                        if failed_since is None:
+                            failed_since = asyncio.get_running_loop().time()
                         if asyncio.get_running_loop().time() + delay > give_up:
                             logger.exception("publishing %d events failed; dropped", len(batch))
                             break

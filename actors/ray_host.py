@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import time
 import uuid
@@ -30,6 +31,8 @@ from warbler import metrics
 from warbler.config import Settings
 from warbler.errors import ErrorCode, WarblerError
 from warbler.logs import setup_logging
+
+logger = logging.getLogger(__name__)
 
 
 def _rss_bytes() -> int:
@@ -59,13 +62,32 @@ class ActorHost:
         self._starting: asyncio.Task[HostCore] | None = None
         setup_logging(settings, f"host:{name}")
         metrics.configure(settings)
+        # Start now, not on the first call: after a kill -9 the callers learn of the death
+        # ~1 s later (chaos bench), and the start (engine, Redis, shard map: 0.1-0.7 s) runs
+        # meanwhile instead of after. Ray runs an async actor's __init__ in its event loop.
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # no loop (not under Ray): the first call starts it
+        else:
+            self._starting = loop.create_task(self._start())
+            self._starting.add_done_callback(self._log_start_failure)
+
+    def _log_start_failure(self, task: asyncio.Task[HostCore]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("host %s did not start; the next call retries", self._name,
+                           exc_info=task.exception())
 
     async def _ready(self) -> HostCore:
         if self._core is not None:
             return self._core
-        if self._starting is None:
-            self._starting = asyncio.ensure_future(self._start())
-        return await asyncio.shield(self._starting)
+        starting = self._starting
+        if starting is None or (
+            starting.done() and (starting.cancelled() or starting.exception() is not None)
+        ):
+            # Never started, or the start failed (SQL or Redis down at the time): try again.
+            starting = self._starting = asyncio.ensure_future(self._start())
+        return await asyncio.shield(starting)
 
     async def _start(self) -> HostCore:
         settings = self._settings
@@ -78,6 +100,12 @@ class ActorHost:
         self._core = core
         metrics.add_collector(core.collect_metrics)
         self._ready_at = time.time()
+        # Restart timing for operators: a restarted host is unavailable from the kill to here.
+        started = _process_started_at()
+        logger.info(
+            "host %s ready: process started %.2fs before __init__, ready %.2fs after it",
+            self._name, self._init_at - started, self._ready_at - self._init_at,
+        )
         return core
 
     async def handle_batch(self, epoch: int, envelopes: list[Envelope]) -> BatchReply:

@@ -5,6 +5,10 @@ that host's ``HostChannel`` (one Ray call per host per window) and retries, with
 backoff until a deadline, when the answer is STALE_EPOCH (the map moved: reload it from Redis)
 or the host died or is restarting (Ray restarts it). Retrying is safe because every command
 that changes state is idempotent (``client_msg_id`` / ``op_id``).
+
+Calls are typed by their message: ``call(key, Append(...))`` returns a ``MessageEvent``
+because ``Append`` is a ``Request[MessageEvent]``. This is the one place an answer is checked
+against that declaration (``_reply``): anything else is a bug in an entity, answered INTERNAL.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import contextlib
 import logging
 import random
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import ray
 import redis.asyncio as aioredis
@@ -23,6 +28,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from actors.batcher import HostChannel
 from actors.directory import ShardMap
 from actors.directory_store import DirectoryStore
+from actors.messages import Request
 from actors.wire import Redirect
 from storage.keys import Keys
 from storage.redis import connect_redis
@@ -31,11 +37,15 @@ from warbler.errors import ErrorCode, WarblerError
 
 logger = logging.getLogger(__name__)
 
+R = TypeVar("R")
+
 _HOST_DOWN = (RayActorError, ActorUnavailableError)
 _BACKOFF_FIRST_S = 0.01
 _BACKOFF_MAX_S = 0.25
 _REFRESH_MIN_INTERVAL_S = 0.005
 _MAX_REDIRECTS = 4
+# Holds the place of a reply in call_many while its call is retried (never returned).
+_RETRYING = WarblerError(ErrorCode.UNAVAILABLE, "retrying")
 
 
 class Runtime:
@@ -100,18 +110,18 @@ class Runtime:
 
     # --- calls ----------------------------------------------------------------------------------
 
-    async def call(self, key: str, message: object) -> object:
-        """Deliver one message and return its result; a failure raises its WarblerError."""
-        result = await self._call(key, message)
+    async def call(self, key: str, message: Request[R]) -> R:
+        """Deliver one message and return its reply; a failure raises its WarblerError."""
+        result = _reply(message, await self._call(key, message))
         if isinstance(result, WarblerError):
             raise result
         return result
 
-    async def call_many(self, calls: list[tuple[str, object]]) -> list[object | WarblerError]:
-        """Deliver many messages (batched per host); results in order, a WarblerError in place
+    async def call_many(self, calls: Sequence[tuple[str, Request[R]]]) -> list[R | WarblerError]:
+        """Deliver many messages (batched per host); replies in order, a WarblerError in place
         of each that failed."""
         submitted = [self._submit(key, message) for key, message in calls]
-        results: list[object | WarblerError] = []
+        results: list[R | WarblerError] = []
         retry: list[int] = []
         for index, (_, future) in enumerate(submitted):
             # One await per pending future (not asyncio.wait, which adds and removes a
@@ -124,20 +134,20 @@ class Runtime:
             value = exc if exc is not None else future.result()
             if _needs_retry(value) or isinstance(value, Redirect):
                 retry.append(index)
-                results.append(None)
+                results.append(_RETRYING)
             elif isinstance(value, BaseException) and not isinstance(value, WarblerError):
                 raise value
             else:
-                results.append(value)
+                results.append(_reply(calls[index][1], value))
         if retry:
             again = await asyncio.gather(
                 *(self._call(calls[i][0], calls[i][1], first=submitted[i]) for i in retry)
             )
             for index, value in zip(retry, again, strict=True):
-                results[index] = value
+                results[index] = _reply(calls[index][1], value)
         return results
 
-    def _submit(self, key: str, message: object) -> tuple[str, asyncio.Future[object]]:
+    def _submit(self, key: str, message: Request[Any]) -> tuple[str, asyncio.Future[object]]:
         shard_map = self._map
         assert shard_map is not None
         host = shard_map.owner(key)
@@ -146,7 +156,7 @@ class Runtime:
     async def _call(
         self,
         key: str,
-        message: object,
+        message: Request[Any],
         *,
         first: tuple[str, asyncio.Future[object]] | None = None,
     ) -> object:
@@ -272,6 +282,23 @@ class Runtime:
             await channel.close()
         self._channels.clear()
         await self._redis.aclose()
+
+
+def _reply(message: Request[R], value: object) -> R | WarblerError:
+    """``value`` as the reply ``message`` declares, or the WarblerError the call failed with;
+    any other answer is an entity's bug, turned into INTERNAL here (the one check)."""
+    # The class read from Request[R] at class creation (list for list[X]: items unchecked).
+    reply_type: type[R] = type(message).reply_type
+    if isinstance(value, reply_type):
+        return value
+    if isinstance(value, WarblerError):
+        return value
+    logger.error("%s was answered with %s, not %s", type(message).__name__, type(value), reply_type)
+    return WarblerError(
+        ErrorCode.INTERNAL,
+        f"{type(message).__name__} was answered with {type(value).__name__}, "
+        f"not {reply_type.__name__}",
+    )
 
 
 def _needs_retry(value: object) -> bool:

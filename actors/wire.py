@@ -8,11 +8,12 @@ not), or a ``Redirect``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from actors.messages import _Wire
+from actors.messages import Request, _Wire
 from warbler.errors import ErrorCode, WarblerError
 
-Envelope = tuple[str, object]
+Envelope = tuple[str, Request[Any]]
 BatchReply = tuple[int, list[object]]
 
 
@@ -22,7 +23,7 @@ class Redirect(_Wire):
     has created (or found) the conversation. The runtime follows it transparently."""
 
     key: str
-    message: object
+    message: Request[Any]
 
 
 def stale_epoch(key: str, host: str, epoch: int) -> WarblerError:

@@ -29,6 +29,7 @@ _CONTENT_TYPES = {
     ".html": "text/html",
     ".htm": "text/html",
     ".txt": "text/plain",
+    ".pdf": "application/pdf",
 }
 
 

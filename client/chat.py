@@ -18,6 +18,7 @@ from rich.text import Text
 from client.bots import bot_answer, sources_line
 from client.client import WarblerClient
 from client.events import ConnectionEvent, Event
+from client.search_table import hits_table
 from warbler.errors import WarblerError
 from warbler.protocol import (
     ConversationEventFrame,
@@ -41,12 +42,17 @@ HELP = (
     ("/add <user> [user ...]", "add members to the open group"),
     ("/members", "members of the open conversation"),
     ("/history [n]", "the n messages before the oldest shown (default 20)"),
+    ("/search [#id] <words>", "find messages with all these words (in one conversation: #id)"),
+    ("/more", "the next page of hits of the last /search"),
     ("/human", "ask the bot of this conversation for a human agent"),
     ("/help", "this text"),
     ("/quit", "leave (Ctrl-D works too)"),
 )
 # Cursor up one line, erase it: the terminal's echo of a sent line, which comes back formatted.
 _ERASE_ECHO = "\x1b[1A\x1b[2K"
+# Commands that take the rest of the line as it is: search words may hold quotes ("don't").
+_RAW_ARGUMENT = {"search"}
+_SEARCH_PAGE = 10
 
 
 class ChatApp:
@@ -71,6 +77,9 @@ class ChatApp:
         self._titles: dict[int, str] = {}
         # Per conversation, the (seq, sender) of the last message printed.
         self._printed: dict[int, tuple[int, int]] = {}
+        # The last /search (query, conversation filter) and its next page's cursor, for /more.
+        self._search: tuple[str, int | None] | None = None
+        self._search_next: str | None = None
         self._commands: dict[str, Callable[[list[str]], Awaitable[None]]] = {
             "list": self._cmd_list,
             "open": self._cmd_open,
@@ -79,6 +88,8 @@ class ChatApp:
             "add": self._cmd_add,
             "members": self._cmd_members,
             "history": self._cmd_history,
+            "search": self._cmd_search,
+            "more": self._cmd_more,
             "help": self._cmd_help,
             "human": self._cmd_human,
         }
@@ -114,6 +125,10 @@ class ChatApp:
     async def handle(self, line: str) -> None:
         """Run one input line: a /command, or text for the open conversation."""
         if line.startswith("/"):
+            head, _, rest = line[1:].partition(" ")
+            if head in _RAW_ARGUMENT:
+                await self._commands[head]([rest.strip()] if rest.strip() else [])
+                return
             try:
                 name, *args = shlex.split(line[1:])
             except ValueError as exc:
@@ -383,3 +398,47 @@ class ChatApp:
             dot = "[green]●[/green]" if m.user_id in online else "[dim]○[/dim]"
             name = escape(await self._name(m.user_id))
             self.say(f"{dot} {name} [dim]{m.role}, read up to {m.read_seq}[/dim]")
+
+    async def _cmd_search(self, args: list[str]) -> None:
+        words = args[0] if args else ""
+        conversation_id: int | None = None
+        first, _, rest = words.partition(" ")
+        if first.startswith("#") and first[1:].isdigit():
+            conversation_id, words = int(first[1:]), rest.strip()
+        if not words:
+            self.say(escape("usage: /search [#id] <words>"))  # [#id] is no markup tag
+            return
+        self._search, self._search_next = (words, conversation_id), None
+        await self._show_hits(None)
+
+    async def _cmd_more(self, args: list[str]) -> None:
+        if self._search is None:
+            self.say(escape("usage: /search [#id] <words> first, then /more"))
+            return
+        if self._search_next is None:
+            self.say("[dim]no more hits[/dim]")
+            return
+        await self._show_hits(self._search_next)
+
+    async def _show_hits(self, cursor: str | None) -> None:
+        assert self._search is not None
+        words, conversation_id = self._search
+        page = await self.client.search(
+            words, conversation_id=conversation_id, limit=_SEARCH_PAGE, cursor=cursor
+        )
+        self._search_next = page.next
+        if not page.hits:
+            self.say(
+                "[dim]no messages found[/dim]" if cursor is None else "[dim]no more hits[/dim]"
+            )
+            return
+        missing = {h.sender_id for h in page.hits} - self._names.keys()
+        for user in await self.client.users(sorted(missing)) if missing else []:
+            self._names[user.id] = user.username
+        titles = {h.conversation_id: await self._title(h.conversation_id) for h in page.hits}
+        names = {h.sender_id: await self._name(h.sender_id) for h in page.hits}
+        self.console.print(hits_table(page.hits, conversations=titles, senders=names))
+        hint = "/open #<id> to go there"
+        if page.next is not None:
+            hint += "; /more for older hits"
+        self.say(f"[dim]{escape(hint)}[/dim]")

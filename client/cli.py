@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import threading
 from collections.abc import AsyncIterator
@@ -12,7 +13,9 @@ from rich.console import Console
 
 from client.chat import ChatApp
 from client.client import WarblerClient
+from client.search_table import hit_names, hits_table
 from warbler.errors import ErrorCode, WarblerError
+from warbler.protocol import SEARCH_LIMIT_MAX, SearchHitPublic
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -99,7 +102,55 @@ def send(
         raise typer.Exit(2 if exc.code is ErrorCode.UNAUTHENTICATED else 1) from None
 
 
+async def _search(
+    url: str, username: str, password: str, query: str, conversation: int | None, limit: int
+) -> None:
+    console = Console(highlight=False)
+    async with WarblerClient(url) as client:
+        await client.login(username, password)
+        hits: list[SearchHitPublic] = []
+        more = False
+        # Pages of up to 100 (the server's cap) until `limit` hits; one more tells whether
+        # there are others beyond them.
+        found = client.iter_search(
+            query, conversation_id=conversation, page=min(limit + 1, SEARCH_LIMIT_MAX)
+        )
+        async with contextlib.aclosing(found):
+            async for hit in found:
+                if len(hits) == limit:
+                    more = True
+                    break
+                hits.append(hit)
+        if not hits:
+            console.print("no messages found", highlight=False)
+            return
+        conversations, senders = await hit_names(client, hits)
+        console.print(hits_table(hits, conversations=conversations, senders=senders))
+        shown = f"{len(hits)} hit{'s' if len(hits) != 1 else ''}, newest first"
+        tail = "; there are more (raise --limit, or narrow with --conversation)" if more else ""
+        console.print(f"[dim]{shown}{tail}[/dim]", highlight=False)
+
+
+def search(
+    query: str = typer.Argument(..., help="Words to find (all of them, whole words, any case)."),
+    conversation: int | None = typer.Option(
+        None, "--conversation", "-c", min=1, help="Only this conversation id."
+    ),
+    limit: int = typer.Option(20, "--limit", "-n", min=1, max=10_000, help="Hits to show."),
+    url: str = typer.Option(DEFAULT_URL, envvar="WARBLER_URL", help="The gateway's base URL."),
+    username: str = typer.Option(..., "--user", "-u", prompt=True, envvar="WARBLER_USER"),
+    password: str = typer.Option(..., prompt=True, hide_input=True, envvar="WARBLER_PASSWORD"),
+) -> None:
+    """Search your message history and print the hits: conversation, seq, sender, time, snippet."""
+    try:
+        asyncio.run(_search(url, username, password, query, conversation, limit))
+    except WarblerError as exc:
+        Console(stderr=True).print(f"[red]{exc.code.value}:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(2 if exc.code is ErrorCode.UNAUTHENTICATED else 1) from None
+
+
 def register(app: typer.Typer) -> None:
     """Add the client's commands to the `warbler` CLI."""
     app.command("chat")(chat)
     app.command("send")(send)
+    app.command("search")(search)

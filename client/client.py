@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -18,6 +18,8 @@ from client.rest import RestClient, build
 from client.sequencer import Sequencer
 from warbler.errors import ErrorCode, WarblerError
 from warbler.protocol import (
+    SEARCH_LIMIT_DEFAULT,
+    SEARCH_LIMIT_MAX,
     AckFrame,
     ConversationEventFrame,
     ConversationPublic,
@@ -34,6 +36,8 @@ from warbler.protocol import (
     ReceiptFrame,
     ReceiptPublic,
     Role,
+    SearchHitPublic,
+    SearchPagePublic,
     SendFrame,
     SendKind,
     ServerFrame,
@@ -59,6 +63,12 @@ class _PendingSend:
     frame: SendFrame
     future: asyncio.Future[MessageFrame]
     backoff: Backoff = field(default_factory=lambda: Backoff(base_s=0.1, max_s=5.0))
+
+
+def _retry_after_s(error: WarblerError) -> float:
+    """How long a RATE_LIMITED answer asks to wait (1 s if it does not say)."""
+    retry_after = error.details.get("retry_after_ms")
+    return retry_after / 1000.0 if isinstance(retry_after, int | float) else 1.0
 
 
 def _as_frame(message: MessagePublic) -> MessageFrame:
@@ -488,6 +498,65 @@ class WarblerClient:
             if not got.messages or not got.has_more:
                 return
             cursor = got.messages[-1].seq
+
+    async def search(
+        self,
+        query: str,
+        *,
+        conversation_id: int | None = None,
+        limit: int = SEARCH_LIMIT_DEFAULT,
+        cursor: str | None = None,
+    ) -> SearchPagePublic:
+        """One page of the text messages holding every word of ``query`` (whole words, any
+        case), newest first, from the conversations the user is in now (only
+        ``conversation_id`` if given). ``limit`` is 1-100; pass a page's ``next`` as ``cursor``
+        for the page after it (``next`` is None on the last page). Each hit carries a
+        ``snippet`` of its text and the ``[start, end)`` ``highlights`` of the matched words.
+
+        Raises ``WarblerError(VALIDATION)`` for an empty or too long query, a query with no
+        letter or digit, a bad ``limit`` or a cursor the server did not make, and
+        ``RATE_LIMITED`` (``details["retry_after_ms"]``) when searching too fast.
+
+        Example::
+
+            page = await client.search("lunch friday")
+            while True:
+                for hit in page.hits:
+                    print(hit.conversation_id, hit.seq, hit.snippet)
+                if page.next is None:
+                    break
+                page = await client.search("lunch friday", cursor=page.next)
+        """
+        return await self.rest.search_messages(
+            query, conversation_id=conversation_id, limit=limit, before=cursor
+        )
+
+    async def iter_search(
+        self,
+        query: str,
+        *,
+        conversation_id: int | None = None,
+        page: int = SEARCH_LIMIT_MAX,
+    ) -> AsyncGenerator[SearchHitPublic, None]:
+        """Every hit of ``query`` (see ``search``), newest first, paging as it goes; stop
+        iterating (and ``aclose()`` it) to stop fetching. Over the search rate limit it waits
+        as long as the server says, then goes on (``search`` raises instead)."""
+        cursor: str | None = None
+        while True:
+            try:
+                got = await self.search(
+                    query, conversation_id=conversation_id, limit=page, cursor=cursor
+                )
+            except WarblerError as exc:
+                if exc.code is not _THROTTLED:
+                    raise
+                await asyncio.sleep(_retry_after_s(exc))
+                continue
+            for hit in got.hits:
+                yield hit
+            if got.next is None or not got.hits:
+                return
+            cursor = got.next
 
     async def list_conversations(self) -> list[ConversationSummaryPublic]:
         """The user's conversations, with last message and unread count."""

@@ -14,6 +14,9 @@ from client.backoff import Backoff
 from warbler.errors import ErrorCode, WarblerError
 from warbler.protocol import (
     API_PREFIX,
+    SEARCH_LIMIT_DEFAULT,
+    SEARCH_LIMIT_MAX,
+    SEARCH_QUERY_MAX,
     AckPublic,
     ConversationPublic,
     ConversationSummaryPublic,
@@ -30,6 +33,7 @@ from warbler.protocol import (
     RefreshCreate,
     Role,
     RoleUpdate,
+    SearchPagePublic,
     SessionCreate,
     TokenPublic,
     UserCreate,
@@ -350,6 +354,33 @@ class RestClient:
             "GET", f"/conversations/{conversation_id}/messages", params=params
         )
         return self._parse(MessagePagePublic, answer)
+
+    async def search_messages(
+        self,
+        query: str,
+        *,
+        conversation_id: int | None = None,
+        limit: int = SEARCH_LIMIT_DEFAULT,
+        before: str | None = None,
+    ) -> SearchPagePublic:
+        """One page of ``GET /v1/search`` (see ``WarblerClient.search``).
+
+        The query's length and ``limit`` are checked here, so a bad call sends nothing; whether
+        the query has any word to search for is the server's rule (422 ``validation_error``).
+        """
+        q = query.strip()
+        if not 1 <= len(q) <= SEARCH_QUERY_MAX:
+            raise WarblerError(
+                ErrorCode.VALIDATION, f"query: must be 1-{SEARCH_QUERY_MAX} characters"
+            )
+        if not 1 <= limit <= SEARCH_LIMIT_MAX:
+            raise WarblerError(ErrorCode.VALIDATION, f"limit: must be 1-{SEARCH_LIMIT_MAX}")
+        params: dict[str, Any] = {"q": q, "limit": limit}
+        if conversation_id is not None:
+            params["conversation_id"] = conversation_id
+        if before is not None:
+            params["before"] = before
+        return self._parse(SearchPagePublic, await self._call("GET", "/search", params=params))
 
     async def mark_read(self, conversation_id: int, seq: int) -> ReceiptPublic:
         """Mark everything up to ``seq`` read."""

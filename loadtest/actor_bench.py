@@ -215,7 +215,7 @@ async def phase_kill(
         async def append_round() -> bool:
             nonlocal counter
             counter += 1
-            calls: list[tuple[str, object]] = [
+            calls = [
                 (k, Append(owner, f"kill-{uuid.uuid4().hex}", "text", {"c": counter}))
                 for k in victims
             ]

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
+import math
 import os
+import statistics
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,6 +91,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", choices=["on", "off", "compare"], default="on",
                    help="WARBLER_METRICS of the cluster the bench starts; compare: one cluster "
                         "with metrics on, then one with them off, in this run (no relay)")
+    p.add_argument("--metrics-rounds", type=int, default=2, metavar="N",
+                   help="compare: N pairs of clusters in ABBA order (on off, off on, ...), so "
+                        "a drift over the run (the first cluster measured faster) cancels")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -246,31 +252,72 @@ def run(args: argparse.Namespace) -> list[ScenarioResult]:
 def compare_metrics(
     args: argparse.Namespace, names: list[str], options: ScaleOptions
 ) -> list[ScenarioResult]:
-    """Each scenario on a cluster with metrics on, then on one with them off: the overhead
-    of recording and exporting (docs/benchmarks.md, "Metrics overhead")."""
+    """Each scenario on clusters with metrics on and off, ``--metrics-rounds`` pairs in ABBA
+    order: the overhead of recording and exporting (docs/benchmarks.md, "Metrics overhead").
+    Per pair, the ratio of delivered msgs/s per server core (on / off); their geometric mean
+    is the figure (one cluster against another differs by more than the overhead measured)."""
     if args.host:
         raise WarblerError(ErrorCode.VALIDATION, "--metrics compare starts its own clusters")
     given = list(args.cluster_env)
-    measured: dict[str, dict[str, Figures | None]] = {name: {} for name in names}
-    for label, value in (("on", "true"), ("off", "false")):
-        args.cluster_env = [*given, f"WARBLER_METRICS={value}"]
-        with warbler(args) as target:
-            for name in names:
-                figures, _ = _measure(name, SCENARIOS[name], target, options)
-                measured[name][label] = figures
-                # As it comes: a cluster that fails to start later loses nothing measured.
-                print(f"metrics {label}: {name}:", figures and figures.to_json(), flush=True)
+    rounds = max(1, args.metrics_rounds)
+    pairs: dict[str, list[dict[str, Figures | None]]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = (("on", "true"), ("off", "false"))
+        measured: dict[str, dict[str, Figures | None]] = {name: {} for name in names}
+        for label, value in order if r % 2 == 0 else order[::-1]:
+            args.cluster_env = [*given, f"WARBLER_METRICS={value}"]
+            with warbler(args) as target:
+                for name in names:
+                    figures, _ = _measure(name, SCENARIOS[name], target, options)
+                    measured[name][label] = figures
+                    # As it comes: a cluster that fails to start later loses nothing measured.
+                    print(f"round {r + 1} metrics {label}: {name}:",
+                          figures and figures.to_json(), flush=True)
+        for name in names:
+            pairs[name].append(measured[name])
     args.cluster_env = given
     results = []
     for name in names:
-        on, off = measured[name].get("on"), measured[name].get("off")
-        result = SCENARIOS[name].result(on, off, ["baseline column: the same with metrics off"],
-                                        options)
-        print(f"metrics on (warbler) vs off (baseline): {name}")
-        print(render_table(result))
-        print(json_line(result), flush=True)
-        results.append(result)
+        for r, pair in enumerate(pairs[name]):
+            result = SCENARIOS[name].result(
+                pair.get("on"), pair.get("off"),
+                [f"round {r + 1}; baseline column: the same with metrics off"], options,
+            )
+            print(f"round {r + 1}, metrics on (warbler) vs off (baseline): {name}")
+            print(render_table(result))
+            print(json_line(result), flush=True)
+            results.append(result)
+        print(json.dumps(overhead_summary(name, pairs[name])), flush=True)
     return results
+
+
+def _per_core(figures: Figures | None) -> float | None:
+    cores = figures.extra.get("server_cores") if figures is not None else None
+    if figures is None or figures.delivered_per_s is None or not cores:
+        return None
+    return figures.delivered_per_s / float(cores)
+
+
+def overhead_summary(name: str, pairs: list[dict[str, Figures | None]]) -> dict[str, object]:
+    """The JSON line of a metrics comparison: per pair the per-core ratio on / off, their
+    median and geometric mean, and the overhead the median means (1 - ratio, in percent).
+    The median, because one pair disturbed by something else on the machine moves a mean
+    far (seen: 1.25, 0.93, 0.94, 0.94)."""
+    ratios = []
+    for pair in pairs:
+        on, off = _per_core(pair.get("on")), _per_core(pair.get("off"))
+        if on is not None and off is not None and off > 0:
+            ratios.append(on / off)
+    geomean = math.exp(sum(math.log(x) for x in ratios) / len(ratios)) if ratios else None
+    median = statistics.median(ratios) if ratios else None
+    return {
+        "scenario": f"{name}_metrics_overhead",
+        "per_core_ratios": [round(x, 4) for x in ratios],
+        "ratio_median": None if median is None else round(median, 4),
+        "ratio_geomean": None if geomean is None else round(geomean, 4),
+        "overhead_pct": None if median is None else round(100 * (1 - median), 2),
+        "pairs": len(pairs),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,6 +52,11 @@ QUESTIONS = [
 ]
 
 
+# How long a customer waits for the next frame of an answer before counting it as missing
+# (the bot's own turn timeout is WARBLER_BOT_TURN_TIMEOUT_S, 120 s by default).
+ANSWER_TIMEOUT_S = 150.0
+
+
 def faq_markdown() -> str:
     """The benchmark bot's knowledge base."""
     return "# FAQ\n\n" + "\n\n".join(f"## {q}\n{a}" for q, a in TOPICS) + "\n"
@@ -76,15 +81,19 @@ async def _account(http: httpx.AsyncClient, label: str) -> tuple[int, str]:
     return int(body["user"]["id"]), str(body["access_token"])
 
 
+class Tally:
+    """What the customers saw: timings, and each question that got no answer and why."""
+
+    def __init__(self) -> None:
+        self.ttft: list[float] = []
+        self.answer_s: list[float] = []
+        self.done: list[float] = []
+        self.failed: list[str] = []
+        self.answers_before_ack = 0
+
+
 async def _customer(
-    ws_url: str,
-    token: str,
-    bot_user_id: int,
-    questions: int,
-    index: int,
-    ttft: list[float],
-    answer_s: list[float],
-    done: list[float],
+    ws_url: str, token: str, bot_user_id: int, questions: int, index: int, tally: Tally
 ) -> None:
     async with websockets.connect(ws_url, open_timeout=60) as ws:
         await ws.send(json.dumps({"type": "hello", "protocol": 1, "token": token, "id": "h"}))
@@ -106,23 +115,54 @@ async def _customer(
                     }
                 )
             )
-            first: float | None = None
-            trigger: int | None = None
-            while True:
-                frame = json.loads(await asyncio.wait_for(ws.recv(), 120))
-                if frame.get("type") == "ack" and frame.get("id") == cmid:
-                    trigger = frame["seq"]
-                elif frame.get("type") == "message_delta" and trigger is not None:
-                    if frame["seq"] <= trigger:
-                        continue
-                    now = time.perf_counter()
-                    if first is None:
-                        first = now
-                        ttft.append(now - sent)
-                    if frame["final"]:
-                        answer_s.append(now - sent)
-                        done.append(now)
-                        break
+            outcome = await _answer(ws, cmid, sent, tally)
+            if outcome:
+                # One line per miss, so it can be followed in the cluster's logs.
+                tally.failed.append(f"customer {index} question {n} ({cmid}): {outcome}")
+
+
+async def _answer(ws: Any, cmid: str, sent: float, tally: Tally) -> str:
+    """Wait for one question's ack and final answer: "" when answered, else what was missing.
+
+    The answer's frames may come before the question's ack: the ack returns through the
+    gateway's call to the host, the answer through the event bus, and an extractive answer
+    takes only milliseconds. Frames seen before the ack are kept until it says which seq
+    the question got."""
+    first: float | None = None
+    trigger: int | None = None
+    early: list[tuple[float, dict[str, Any]]] = []
+    while True:
+        try:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), ANSWER_TIMEOUT_S))
+        except TimeoutError:
+            if trigger is None:
+                return "no ack"
+            return f"no {'final ' if first else ''}answer to seq {trigger}"
+        now = time.perf_counter()
+        if frame.get("type") == "error" and frame.get("id") == cmid:
+            return f"send refused: {frame.get('code')}"
+        if frame.get("type") == "ack" and frame.get("id") == cmid:
+            trigger = frame["seq"]
+            if early:
+                tally.answers_before_ack += 1
+            pending, early = early, []
+        elif frame.get("type") == "message_delta":
+            pending = [(now, frame)]
+            if trigger is None:
+                early.extend(pending)
+                continue
+        else:
+            continue
+        for at, delta in pending:
+            if trigger is None or delta["seq"] <= trigger:
+                continue
+            if first is None:
+                first = at
+                tally.ttft.append(at - sent)
+            if delta["final"]:
+                tally.answer_s.append(at - sent)
+                tally.done.append(at)
+                return ""
 
 
 async def measure(base_url: str, customers: int, questions: int) -> dict[str, Any]:
@@ -148,20 +188,20 @@ async def measure(base_url: str, customers: int, questions: int) -> dict[str, An
             )
         ]
     ws_url = base_url.replace("http", "ws", 1) + "/v1/ws"
-    ttft: list[float] = []
-    answer_s: list[float] = []
-    done: list[float] = []
+    tally = Tally()
     start = time.perf_counter()
     await asyncio.gather(
-        *(
-            _customer(ws_url, t, bot["user_id"], questions, i, ttft, answer_s, done)
-            for i, t in enumerate(tokens)
-        )
+        *(_customer(ws_url, t, bot["user_id"], questions, i, tally) for i, t in enumerate(tokens))
     )
+    for line in tally.failed:
+        print(f"unanswered: {line}", file=sys.stderr)
+    ttft, answer_s, done = tally.ttft, tally.answer_s, tally.done
     elapsed = (max(done) if done else time.perf_counter()) - start
     return {
         "customers": customers,
         "answers": len(answer_s),
+        "unanswered": len(tally.failed),
+        "answers_before_ack": tally.answers_before_ack,
         "answers_per_s": round(len(answer_s) / elapsed, 1) if elapsed > 0 else 0.0,
         "ttft_p50_ms": round(1000 * statistics.median(ttft), 1) if ttft else 0.0,
         "ttft_p99_ms": round(1000 * percentile(ttft, 99), 1),
@@ -219,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in figures.items():
         print(f"{key:<{width}}  {value}")
     print(json.dumps({"scenario": "chatai", **figures}), flush=True)
-    return 0
+    return 1 if figures["unanswered"] else 0
 
 
 if __name__ == "__main__":

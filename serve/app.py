@@ -19,6 +19,7 @@ from ray.serve import Application
 
 from actors import start_hosts
 from actors.autoscale import ensure_controller
+from serve import request_ids
 from serve.api import create_api
 from serve.context import GatewayContext
 from storage import Database
@@ -95,7 +96,12 @@ def deployment_options(settings: Settings) -> dict[str, Any]:
             "upscale_delay_s": settings.gateway_upscale_delay_s,
             "downscale_delay_s": settings.gateway_downscale_delay_s,
         },
-        "ray_actor_options": {"num_cpus": REPLICA_CPUS},
+        "ray_actor_options": {
+            "num_cpus": REPLICA_CPUS,
+            # The replica's own HTTP server (HAProxy ingress) runs serve.request_ids'
+            # middleware in front of Serve's, so a client's unsafe X-Request-ID is not echoed.
+            "runtime_env": {"env_vars": {request_ids.CALLBACK_ENV: request_ids.CALLBACK_PATH}},
+        },
         "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_TIMEOUT_S,
         "health_check_period_s": 10.0,
     }

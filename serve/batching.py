@@ -4,6 +4,9 @@ Each ``submit`` parks a future; a single flusher sends everything queued so far 
 ``call_many`` (one Ray call per host inside the Runtime) and resolves the futures in order.
 While a batch is in flight the next one accumulates, so under load batches grow on their own
 and at low load a call waits at most one event-loop turn.
+
+``call`` is typed by its message (``Request[R]`` -> ``R``); ``call_many`` has already checked
+each answer against its message's reply type, so the answers are passed on as they are.
 """
 
 from __future__ import annotations
@@ -11,14 +14,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
+from actors.messages import Request
 from warbler import metrics
 from warbler.errors import ErrorCode, WarblerError
 
 logger = logging.getLogger(__name__)
 _CALL_BATCH = metrics.CALL_BATCH.child()
 
-CallMany = Callable[[list[tuple[str, object]]], Awaitable[Sequence[object]]]
+R = TypeVar("R")
+# Runtime.call_many: a reply (checked against its message's reply type) or a WarblerError each.
+CallMany = Callable[[list[tuple[str, Request[Any]]]], Awaitable[Sequence[object]]]
 
 
 class CallCoalescer:
@@ -29,7 +36,7 @@ class CallCoalescer:
     ) -> None:
         self._call_many = call_many
         self._max_batch = max_batch
-        self._queue: list[tuple[str, object, asyncio.Future[object]]] = []
+        self._queue: list[tuple[str, Request[Any], asyncio.Future[Any]]] = []
         self._slots = asyncio.Semaphore(max_in_flight)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -45,15 +52,14 @@ class CallCoalescer:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="coalescer")
 
-    async def call(self, key: str, message: object) -> object:
-        """The entity's answer to ``message``; raises the WarblerError it failed with."""
+    async def call(self, key: str, message: Request[R]) -> R:
+        """The entity's reply to ``message``; raises the WarblerError it failed with."""
         if self._closed:
             raise WarblerError(ErrorCode.UNAVAILABLE, "the gateway is shutting down")
-        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append((key, message, future))
         self._wakeup.set()
-        result = await future
-        return result
+        return await future
 
     async def close(self) -> None:
         """Stop taking calls; fail what is still queued."""
@@ -78,7 +84,7 @@ class CallCoalescer:
             # Let the sockets that woke us add to the next batch before we look again.
             await asyncio.sleep(0)
 
-    async def _send(self, batch: list[tuple[str, object, asyncio.Future[object]]]) -> None:
+    async def _send(self, batch: list[tuple[str, Request[Any], asyncio.Future[Any]]]) -> None:
         _CALL_BATCH.observe(len(batch))
         try:
             results = await self._call_many([(key, msg) for key, msg, _ in batch])

@@ -19,6 +19,7 @@ from serve.batching import CallCoalescer
 from serve.delivery.hub import DeliveryHub
 from serve.handlers.accounts import AccountsHandler
 from serve.handlers.chat import ChatHandler
+from serve.handlers.search import SearchHandler
 from serve.ratelimit import AbuseThrottle
 from serve.reload import FLUSH_S, ReloadCoordinator, serve_drain_probe
 from serve.revocations import Revocation, Revocations
@@ -33,6 +34,7 @@ from storage import (
     UserStore,
     connect_redis,
 )
+from storage.search import SearchStore
 from warbler.config import Settings
 from warbler.errors import ErrorCode, WarblerError
 from warbler.protocol import CloseCode, ReconnectFrame, dump_frame
@@ -52,11 +54,15 @@ def _close_revoked(hub: DeliveryHub, revocation: Revocation) -> None:
             conn.request_close(CloseCode.REVOKED)
 
 
-async def _restore_map(runtime: Runtime) -> None:
+async def _restore(runtime: Runtime, revocations: Revocations) -> None:
     try:
         await runtime.restore_map()
     except Exception:
         logger.warning("cannot restore the shard map", exc_info=True)
+    try:
+        await revocations.resync()
+    except Exception:
+        logger.warning("cannot restore the revocations", exc_info=True)
 
 
 def replica_name() -> str:
@@ -83,6 +89,7 @@ class GatewayContext:
     hub: DeliveryHub
     accounts: AccountsHandler
     chat: ChatHandler
+    search: SearchHandler
     reload: ReloadCoordinator
     revocations: Revocations
     started_at: float = field(default_factory=time.time)
@@ -103,11 +110,15 @@ class GatewayContext:
         chat = ChatHandler(
             settings,
             calls,
-            runtime.call,
+            runtime,
             ConversationStore(db),
             PresenceCache(redis, keys),
             bus,
             keys,
+        )
+        # Started (below) once the hub exists: only then can a revocation close sockets.
+        revocations = Revocations(
+            redis, keys, settings.access_token_ttl_s, lambda r: _close_revoked(hub, r)
         )
         hub = DeliveryHub(
             bus,
@@ -116,8 +127,9 @@ class GatewayContext:
             load_conversations=chat.load_conversations,
             page_limit=settings.history_page_max,
             # Redis came back, maybe empty (a server without persistence): put the shard map
-            # back, or restarted hosts and new replicas would find no map.
-            on_reconnect=partial(_restore_map, runtime),
+            # and the revocations back, or restarted hosts and new replicas would find no map
+            # and accept logged-out sessions' tokens.
+            on_reconnect=partial(_restore, runtime, revocations),
         )
         await hub.start()
         signer = TokenSigner(settings.resolved_secret_key(), settings.access_token_ttl_s)
@@ -132,9 +144,6 @@ class GatewayContext:
             announce=settings.use_haproxy,
             rebalance=settings.use_haproxy,
             drain_probe=serve_drain_probe(),
-        )
-        revocations = Revocations(
-            redis, keys, settings.access_token_ttl_s, partial(_close_revoked, hub)
         )
         ctx = cls(
             settings=settings,
@@ -152,6 +161,7 @@ class GatewayContext:
                 AbuseThrottle(ThrottleCache(redis, keys), settings),
             ),
             chat=chat,
+            search=SearchHandler(settings, SearchStore(db)),
             reload=reload,
             revocations=revocations,
         )

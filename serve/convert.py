@@ -1,15 +1,11 @@
 """Conversions between the entities' results (actors.messages) and the wire (warbler.protocol).
 
-Entities store every body as a JSON object: a text message's string travels to them as
-``{"text": ...}`` and comes back out as the string, so clients see ``body: "hi"`` for text and
-the object itself for json and system messages.
+Entities store every body as a JSON object (``warbler.protocol.to_entity_body`` /
+``from_entity_body``), so clients see ``body: "hi"`` for text and the object itself for json and
+system messages.
 """
 
 from __future__ import annotations
-
-from typing import Any
-
-from pydantic import JsonValue
 
 from actors.messages import ConversationInfo, MessageEvent, Receipt
 from warbler.protocol import (
@@ -18,32 +14,8 @@ from warbler.protocol import (
     MemberPublic,
     MessagePublic,
     ReceiptPublic,
+    from_entity_body,
 )
-
-_TEXT_FIELD = "text"
-
-
-def to_entity_body(kind: str, body: JsonValue) -> dict[str, Any]:
-    """The object an entity stores for a validated wire body."""
-    if kind == "text":
-        return {_TEXT_FIELD: body}
-    assert isinstance(body, dict)
-    return dict(body)
-
-
-def from_entity_body(kind: str, body: Any) -> JsonValue:
-    """The wire body for a stored one (a text message's string)."""
-    if kind == "text" and isinstance(body, dict) and isinstance(body.get(_TEXT_FIELD), str):
-        text: str = body[_TEXT_FIELD]
-        return text
-    value: JsonValue = body
-    return value
-
-
-def normalize_message_frame(frame: dict[str, Any]) -> dict[str, Any]:
-    """A ``message`` frame as published by an entity, with the body in its wire form (in place)."""
-    frame["body"] = from_entity_body(str(frame.get("kind")), frame.get("body"))
-    return frame
 
 
 def message_public(event: MessageEvent) -> MessagePublic:

@@ -24,6 +24,13 @@ _MAX_SOCKET_DIR = 107 - len("/") - 56 - len("/metrics.sock") - len(".4194304.tmp
 DRAINING_PERIOD_S = 5
 # An old haproxy process after a reload keeps its sockets at most this long.
 HARD_STOP_AFTER_S = 120
+# haproxy's buffer: a request whose request line and headers do not fit (less its 1 KiB of
+# rewrite room) gets haproxy's own HTML 400, and haproxy 2.8 (Serve's bundled binary) uses no
+# `errorfile` for that parsing error (haproxy issue #3032, fixed in 3.2). Serve's 16 KiB cut
+# off at ~15 KiB; at 32 KiB everything up to ~31 KiB reaches the gateway, whose own limits
+# answer problem JSON (414 past WARBLER_MAX_URL_BYTES, 431 past WARBLER_MAX_HEADER_BYTES).
+# haproxy holds buffers while data is in flight, so idle sockets do not pay for the size.
+HAPROXY_BUFSIZE = 32 * 1024
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -86,6 +93,7 @@ def ingress_env(
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(DRAINING_PERIOD_S),
             "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S": str(HARD_STOP_AFTER_S),
             "RAY_SERVE_HAPROXY_MAXCONN": str(haproxy_maxconn()),
+            "RAY_SERVE_HAPROXY_TUNE_BUFSIZE": str(HAPROXY_BUFSIZE),
         }
     )
     return env

@@ -315,8 +315,10 @@ def _print_urls(
     _say(f"  Ray:        {address}")
     _say(f"  data:       {data_dir}")
     if settings.host_autoscale:
-        _say(f"  hosts:      {settings.num_hosts}, autoscaled {settings.min_hosts}-"
-             f"{settings.max_hosts} (WARBLER_HOST_AUTOSCALE=false: fixed)")
+        _say(
+            f"  hosts:      {settings.num_hosts}, autoscaled {settings.min_hosts}-"
+            f"{settings.max_hosts} (WARBLER_HOST_AUTOSCALE=false: fixed)"
+        )
     else:
         _say(f"  hosts:      {settings.num_hosts}, fixed")
     _say("Stop it with `warbler down`." if detach else "Press Ctrl-C to stop.")
@@ -349,8 +351,10 @@ def down() -> None:
 
 def _say_leftovers(state: UpState) -> None:
     """What stays on disk after a stop, so a user knows what to delete (and what not to)."""
-    _say(f"Left on disk: {state.data_dir} (the database, secret key and logs: the next "
-         "`warbler up` reuses them; delete it to start afresh)")
+    _say(
+        f"Left on disk: {state.data_dir} (the database, secret key and logs: the next "
+        "`warbler up` reuses them; delete it to start afresh)"
+    )
     if state.ray_session_dir and os.path.isdir(state.ray_session_dir):
         _say(f"  and Ray's session logs in {state.ray_session_dir} (safe to delete)")
 
@@ -413,9 +417,7 @@ def join_running() -> Settings:
     import ray
 
     ray.init(address=state.ray_address, namespace=state.namespace, log_to_driver=False)
-    return settings.model_copy(
-        update={"namespace": state.namespace, "redis_url": state.redis_url}
-    )
+    return settings.model_copy(update={"namespace": state.namespace, "redis_url": state.redis_url})
 
 
 def autoscaler(

@@ -4,6 +4,9 @@ up to the cap). Refusals are problem JSON like every other error (414, 431, 413)
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -15,9 +18,20 @@ class EdgeLimits:
     """Pure ASGI middleware (no per-request task or stream wrapping: the body is at most
     ``max_body`` bytes, so it is buffered whole and replayed to the app)."""
 
-    def __init__(self, app: ASGIApp, *, max_body: int, max_url: int, max_headers: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body: int,
+        max_url: int,
+        max_headers: int,
+        large_bodies: Sequence[tuple[str, re.Pattern[str], int]] = (),
+    ) -> None:
+        """``large_bodies``: (method, path pattern ending in ``$``, cap) of the routes whose body
+        may exceed ``max_body`` (a knowledge-base document upload)."""
         self._app = app
         self._max_body = max_body
+        self._large = tuple(large_bodies)
         self._max_url = max_url
         self._max_headers = max_headers
 
@@ -25,7 +39,8 @@ class EdgeLimits:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        error = self._check_head(scope)
+        cap = self._body_cap(scope)
+        error = self._check_head(scope, cap)
         if error is not None:
             await self._refuse(error, scope, send)
             return
@@ -38,8 +53,8 @@ class EdgeLimits:
                 return
             chunk = bytes(message.get("body", b""))
             size += len(chunk)
-            if size > self._max_body:
-                await self._refuse(self._too_large(), scope, send)
+            if size > cap:
+                await self._refuse(self._too_large(cap), scope, send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -56,7 +71,14 @@ class EdgeLimits:
 
         await self._app(scope, replay, send)
 
-    def _check_head(self, scope: Scope) -> WarblerError | None:
+    def _body_cap(self, scope: Scope) -> int:
+        for method, pattern, cap in self._large:
+            # search, not fullmatch: the path may carry the app's route prefix in front.
+            if scope["method"] == method and pattern.search(scope["path"]):
+                return cap
+        return self._max_body
+
+    def _check_head(self, scope: Scope, cap: int) -> WarblerError | None:
         url = len(scope.get("raw_path") or scope["path"].encode()) + len(scope["query_string"])
         if url > self._max_url:
             return WarblerError(
@@ -73,14 +95,12 @@ class EdgeLimits:
             if key == b"content-length":
                 if not value.isdigit():
                     return WarblerError(ErrorCode.BAD_REQUEST, "Content-Length is not a number")
-                if len(value) > 18 or int(value) > self._max_body:
-                    return self._too_large()
+                if len(value) > 18 or int(value) > cap:
+                    return self._too_large(cap)
         return None
 
-    def _too_large(self) -> WarblerError:
-        return WarblerError(
-            ErrorCode.TOO_LARGE, f"request bodies are limited to {self._max_body} bytes"
-        )
+    def _too_large(self, cap: int) -> WarblerError:
+        return WarblerError(ErrorCode.TOO_LARGE, f"request bodies are limited to {cap} bytes")
 
     async def _refuse(self, error: WarblerError, scope: Scope, send: Send) -> None:
         response = problem_response(error, Request(scope))

@@ -15,7 +15,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from warbler import metrics
+from serve.request_ids import HEADER as REQUEST_ID_HEADER
+from serve.request_ids import request_id_of
+from warbler import logs, metrics
 from warbler.errors import ErrorCode, WarblerError
 from warbler.protocol import (
     PROBLEM_CONTENT_TYPE,
@@ -42,14 +44,20 @@ _HTTP_CODES: dict[int, ErrorCode] = {
 
 
 def problem_response(exc: WarblerError, request: Request) -> Response:
-    metrics.ERRORS.child(exc.code.value).inc()
     """The problem JSON response for an error raised while serving ``request``."""
+    metrics.ERRORS.child(exc.code.value).inc()
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
     retry_ms = exc.details.get("retry_after_ms")
     if exc.status in (429, 503) and isinstance(retry_ms, int):
         headers["Retry-After"] = str(max(1, math.ceil(retry_ms / 1000)))
+    body = exc.to_problem(instance=request.url.path)
+    rid = request_id_of(request.scope)
+    if rid is not None:
+        body["request_id"] = rid
+        # A 500 is sent from outside serve.request_ids.RequestIds: it carries the id itself.
+        headers[REQUEST_ID_HEADER] = rid
     return JSONResponse(
-        exc.to_problem(instance=request.url.path),
+        body,
         status_code=exc.status,
         media_type=PROBLEM_CONTENT_TYPE,
         headers=headers,
@@ -98,7 +106,12 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
-    logger.error("unexpected error serving %s %s", request.method, request.url.path, exc_info=exc)
+    # Starlette runs this handler outside the app's middlewares: the request's log context
+    # is gone by now, so bind its id again.
+    with logs.context(request_id=request_id_of(request.scope)):
+        logger.error(
+            "unexpected error serving %s %s", request.method, request.url.path, exc_info=exc
+        )
     return problem_response(WarblerError(ErrorCode.INTERNAL, "internal server error"), request)
 
 
@@ -154,6 +167,17 @@ def _declare_problems(schema: dict[str, Any]) -> None:
         problem = ProblemPublic.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(problem.pop("$defs", {}))
         components["ProblemPublic"] = problem
+    # Set by serve.problems.problem_response (the request's X-Request-ID). Declared here, not
+    # on ProblemPublic, while warbler/protocol.py is being split into a package: move it there.
+    components["ProblemPublic"].setdefault("properties", {}).setdefault(
+        "request_id",
+        {
+            "type": "string",
+            "title": "Request Id",
+            "maxLength": 64,
+            "description": "The request's id, as in its X-Request-ID response header",
+        },
+    )
 
 
 def install_problem_openapi(app: FastAPI) -> None:

@@ -8,8 +8,10 @@ that session kept working until they expired. Here a logout also:
   with a TTL of the access-token lifetime: after that no token it concerns is valid anyway;
 - publishes it on ``Keys.revocations_channel``: every replica adds it to memory at once, and
   closes the sockets it concerns (close 4403, "session revoked");
-- every replica re-reads the keys when it starts and every ``RESYNC_S``, which covers a message
-  a replica missed (Redis pub/sub drops what a disconnected listener does not hear).
+- every replica re-reads the keys when it starts, every ``RESYNC_S`` and when the event bus
+  comes back, which covers a message a replica missed (Redis pub/sub drops what a
+  disconnected listener does not hear); a revocation it holds that Redis lost (restarted
+  empty) it writes back, so replicas started later still know it.
 
 So ``is_revoked`` is a dict lookup: authenticating a request or a hello stays free of I/O.
 """
@@ -80,9 +82,31 @@ class Revocations:
         self._apply(revocation, self._ttl_s)
 
     async def resync(self) -> None:
-        """Re-read every revocation (and its remaining TTL) from Redis."""
-        for revocation, ttl_s in await self._cache.load_all():
+        """Re-read every revocation (and its remaining TTL) from Redis, and write back the
+        ones this replica holds that Redis lost: a Redis restarted empty would otherwise
+        forget every logout for the replicas that start after it (their sessions' access
+        tokens would work again until they expire)."""
+        loaded = await self._cache.load_all()
+        for revocation, ttl_s in loaded:
             self._apply(revocation, ttl_s)
+        lost = self._missing_from(loaded)
+        if lost:
+            await self._cache.restore(lost)
+            logger.warning("restored %d revocations that Redis had lost", len(lost))
+
+    def _missing_from(self, loaded: list[tuple[Revocation, int]]) -> list[tuple[Revocation, int]]:
+        sessions = {r.session_id for r, _ in loaded if r.session_id is not None}
+        users = {r.user_id for r, _ in loaded if r.session_id is None}
+        now = time.monotonic()
+        lost: list[tuple[Revocation, int]] = []
+        for sid, (user_id, forget_at) in self._sessions.items():
+            # Under a second left: the key expired in Redis as it should, do not revive it.
+            if sid not in sessions and (left := int(forget_at - now)) >= 1:
+                lost.append((Revocation(user_id, session_id=sid), left))
+        for user_id, (before, forget_at) in self._users.items():
+            if user_id not in users and (left := int(forget_at - now)) >= 1:
+                lost.append((Revocation(user_id, before=before), left))
+        return lost
 
     def _apply(self, revocation: Revocation, ttl_s: float) -> None:
         forget_at = time.monotonic() + ttl_s

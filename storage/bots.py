@@ -136,11 +136,7 @@ class BotStore:
     async def charge(self, bot_id: int, tokens: int) -> None:
         """Add ``tokens`` to the bot's spend (one atomic UPDATE: answers race across hosts)."""
         async with self._db.session() as session:
-            await session.exec(
-                update(Bot)
-                .where(col(Bot.id) == bot_id)
-                .values(tokens_used=col(Bot.tokens_used) + max(0, tokens))
-            )
+            await session.exec(_charged(bot_id, tokens))
             await session.commit()
 
     async def owner_tokens_used(self, owner_id: int) -> int:
@@ -154,10 +150,18 @@ class BotStore:
             return int(total or 0)
 
     async def finish_answer(
-        self, conversation_id: int, seq: int, sender_id: int, body: dict[str, Any]
+        self,
+        conversation_id: int,
+        seq: int,
+        sender_id: int,
+        body: dict[str, Any],
+        *,
+        charge: tuple[int, int] | None = None,
     ) -> bool:
         """Store the final body of a bot's streamed answer (the message its conversation
-        logged as a placeholder). Only the bot's own message can change: True if it did."""
+        logged as a placeholder) and, in the same transaction, ``charge`` = (bot id, tokens)
+        to that bot's spend. Only the bot's own message can change: True if it did (the
+        charge is made only then)."""
         async with self._db.session() as session:
             result = await session.exec(
                 update(Message)
@@ -168,34 +172,49 @@ class BotStore:
                 )
                 .values(body=body)
             )
+            changed = bool(result.rowcount)
+            if changed and charge is not None and charge[1] > 0:
+                await session.exec(_charged(*charge))
             await session.commit()
-            return bool(result.rowcount)
+            return changed
+
+
+def _charged(bot_id: int, tokens: int) -> Any:
+    # An increment in SQL, not a read-modify-write: answers of one bot race across hosts.
+    return (
+        update(Bot)
+        .where(col(Bot.id) == bot_id)
+        .values(tokens_used=col(Bot.tokens_used) + max(0, tokens))
+    )
 
 
 class PendingTurnCache:
     """Bot turns in flight, in Redis: added before a turn is handed to its bot entity,
-    removed when it is done, so a turn whose sending host died is found and resent."""
+    removed when it is done, so a turn whose sending host died is found and resent. Each
+    turn's score is when it is due for a resend."""
 
     def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
         self._redis = redis
         self._key = keys.bot_pending()
 
-    async def add(self, turn: bytes) -> None:
-        """Record a turn being sent now."""
-        await self._redis.zadd(self._key, {turn: time.time()})
+    async def add(self, turn: bytes, resend_after_s: float) -> None:
+        """Record a turn being sent now: due for a resend ``resend_after_s`` from now."""
+        await self._redis.zadd(self._key, {turn: time.time() + resend_after_s})
+
+    async def postpone(self, turn: bytes, delay_s: float) -> None:
+        """A turn that failed is due again ``delay_s`` from now (if still pending)."""
+        await self._redis.zadd(self._key, {turn: time.time() + delay_s}, xx=True)
 
     async def done(self, turn: bytes) -> None:
         """The turn finished (answered or deliberately not)."""
         await self._redis.zrem(self._key, turn)
 
-    async def claim_stale(self, older_than_s: float, limit: int = 100) -> list[bytes]:
-        """Turns last sent more than ``older_than_s`` ago, marked as sent now (so two
-        sweepers rarely resend the same turn; a resend is harmless anyway)."""
+    async def claim_due(self, resend_after_s: float, limit: int = 100) -> list[bytes]:
+        """Turns due now, marked as due again ``resend_after_s`` from now (so two sweepers
+        rarely resend the same turn; a resend is harmless anyway)."""
         now = time.time()
-        found = await self._redis.zrangebyscore(
-            self._key, "-inf", now - older_than_s, start=0, num=limit
-        )
-        stale = [m if isinstance(m, bytes) else str(m).encode() for m in found]
-        if stale:
-            await self._redis.zadd(self._key, dict.fromkeys(stale, now), xx=True)
-        return stale
+        found = await self._redis.zrangebyscore(self._key, "-inf", now, start=0, num=limit)
+        due = [m if isinstance(m, bytes) else str(m).encode() for m in found]
+        if due:
+            await self._redis.zadd(self._key, dict.fromkeys(due, now + resend_after_s), xx=True)
+        return due

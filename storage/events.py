@@ -21,6 +21,14 @@ from storage.keys import Keys
 logger = logging.getLogger(__name__)
 
 _POLL_S = 1.0
+# Every subscriber stays subscribed to this channel (nobody publishes on it). redis-py runs a
+# health check (PING, then *reads* the PONG) inside SUBSCRIBE when a pub/sub connection has no
+# subscriptions and was idle past ``health_check_interval``; with the reader task blocked in
+# get_message on the same socket, that read fails ("readuntil() called while another coroutine
+# is already waiting") and the subscriber is lost: a replica whose last socket left and whose
+# next hello came 30 s later lost its bus. Never empty, the connection never checks in
+# SUBSCRIBE; its health checks go through get_message, which reads them itself.
+_ANCHOR_CHANNEL = "warbler:subscriber-anchor"
 
 
 class EventBus:
@@ -61,6 +69,7 @@ class Subscriber:
 
     def __init__(self, pubsub: PubSub) -> None:
         self._pubsub = pubsub
+        self._anchored = False
         self._started = asyncio.Event()
         self._closed = False
         self._lost: BaseException | None = None
@@ -68,7 +77,9 @@ class Subscriber:
     @property
     def channels(self) -> set[str]:
         """The channels currently subscribed."""
-        return {c.decode() if isinstance(c, bytes) else str(c) for c in self._pubsub.channels}
+        names = {c.decode() if isinstance(c, bytes) else str(c) for c in self._pubsub.channels}
+        names.discard(_ANCHOR_CHANNEL)
+        return names
 
     @property
     def lost(self) -> bool:
@@ -78,11 +89,14 @@ class Subscriber:
     async def subscribe(self, *channels: str) -> None:
         """Start receiving ``channels`` (returns once the command is sent)."""
         if channels:
+            if not self._anchored:
+                channels = (_ANCHOR_CHANNEL, *channels)
             try:
                 await self._pubsub.subscribe(*channels)
             except (RedisError, OSError) as exc:
                 self._mark_lost(exc)
                 raise
+            self._anchored = True
             connection = self._pubsub.connection
             if connection is not None and not self._started.is_set():
                 # It is connected already: any later call is a reconnect (redis-py's retry
@@ -95,6 +109,7 @@ class Subscriber:
 
     async def unsubscribe(self, *channels: str) -> None:
         """Stop receiving ``channels``."""
+        channels = tuple(c for c in channels if c != _ANCHOR_CHANNEL)
         if channels:
             try:
                 await self._pubsub.unsubscribe(*channels)
@@ -198,8 +213,9 @@ class ChannelListener:
             except (RedisError, OSError) as exc:
                 delay = _RESUBSCRIBE_BACKOFF_S[min(attempt, len(_RESUBSCRIBE_BACKOFF_S) - 1)]
                 attempt += 1
-                logger.warning("channel %s lost (%r); resubscribing in %.1fs", self._channel,
-                               exc, delay)
+                logger.warning(
+                    "channel %s lost (%r); resubscribing in %.1fs", self._channel, exc, delay
+                )
                 await asyncio.sleep(delay)
                 with contextlib.suppress(RedisError, OSError):
                     await subscriber.close()

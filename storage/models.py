@@ -1,5 +1,6 @@
 """SQLModel tables: the durable state of Warbler. The migrations in ``storage/migrations`` create
-exactly these (a test compares them)."""
+exactly these (a test compares them), plus the full-text search index of migration 0004, which
+is engine-specific DDL (storage/search.py) and not declared here."""
 
 # No ``from __future__ import annotations``: SQLModel reads the annotations at class creation.
 

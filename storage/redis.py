@@ -199,8 +199,9 @@ class EmbeddedRedis:
             if pid is not None and process_alive(pid):
                 continue
             if not self.data_dir.is_dir():
-                logger.warning("%s is gone; no longer supervising the embedded Redis",
-                               self.data_dir)
+                logger.warning(
+                    "%s is gone; no longer supervising the embedded Redis", self.data_dir
+                )
                 return
             try:
                 with self._start_lock():

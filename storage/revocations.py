@@ -70,17 +70,30 @@ class RevocationCache:
             EventBus(self._redis, self._keys), self._keys.revocations_channel(), on_payload
         )
 
+    def _key_value(self, revocation: Revocation) -> tuple[str, str]:
+        # A session's key holds its user; a user's key the cut-off time.
+        if revocation.session_id is not None:
+            return self._keys.revoked_session(revocation.session_id), str(revocation.user_id)
+        return self._keys.revoked_user(revocation.user_id), str(revocation.before)
+
     async def revoke(self, revocation: Revocation, ttl_s: int) -> None:
         """Store the revocation for ``ttl_s`` and announce it, in one round trip."""
-        if revocation.session_id is not None:
-            key = self._keys.revoked_session(revocation.session_id)
-            value = str(revocation.user_id)
-        else:
-            key = self._keys.revoked_user(revocation.user_id)
-            value = str(revocation.before)
+        key, value = self._key_value(revocation)
         pipe = self._redis.pipeline(transaction=False)
         pipe.set(key, value, ex=ttl_s)
         pipe.publish(self._keys.revocations_channel(), revocation.encode())
+        await pipe.execute()
+
+    async def restore(self, items: list[tuple[Revocation, int]]) -> None:
+        """Write back revocations Redis lost (a restart without persistence), each with its
+        remaining TTL; one round trip, nothing announced (every live replica has them), never
+        overwriting a key that is there."""
+        if not items:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for revocation, ttl_s in items:
+            key, value = self._key_value(revocation)
+            pipe.set(key, value, ex=ttl_s, nx=True)
         await pipe.execute()
 
     async def load_all(self) -> list[tuple[Revocation, int]]:

@@ -67,6 +67,9 @@ def settings(data_dir: Path, redis_url: str) -> Settings:
         secret_key="test-secret-key-not-for-production",
         # The session's hosts stay as started; tests/cluster runs the autoscaler on purpose.
         host_autoscale=False,
+        # The turn-limit test answers this many turns before the limit bites: 20 answers
+        # took over a minute under CI load; no other test sends more than 3 turns.
+        bot_turns_per_minute=5,
     )
 
 

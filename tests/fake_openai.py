@@ -16,7 +16,8 @@ from aiohttp import web
 @dataclass
 class FakeOpenAI:
     """``reply`` is streamed in ``pieces``; ``fail_first`` requests answer 500; ``stall_first``
-    requests send nothing for ``stall_s``; ``delay_s`` between pieces."""
+    requests send nothing for ``stall_s``; ``delay_s`` between pieces; ``garble_first``
+    requests (counted before the others) stream a chunk that is not a chunk object."""
 
     reply: str = "Hello from the model."
     pieces: int = 4
@@ -24,6 +25,7 @@ class FakeOpenAI:
     fail_first: int = 0
     stall_first: int = 0
     stall_s: float = 30.0
+    garble_first: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
     auth: list[str] = field(default_factory=list)
     port: int = 0
@@ -53,6 +55,13 @@ class FakeOpenAI:
         self.requests.append(body)
         self.auth.append(request.headers.get("Authorization", ""))
         n = len(self.requests)
+        if n <= self.garble_first:
+            garbled = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await garbled.prepare(request)
+            await garbled.write(b"data: [1]\n\ndata: [DONE]\n\n")
+            await garbled.write_eof()
+            return garbled
+        n -= self.garble_first
         if n <= self.fail_first:
             return web.json_response({"error": {"message": "overloaded"}}, status=500)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})

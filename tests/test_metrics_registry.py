@@ -92,3 +92,54 @@ def test_bench_switches_metrics_off_for_the_cluster_it_starts() -> None:
 
     with pytest.raises(WarblerError, match="starts its own clusters"):
         run(parser().parse_args(["direct", "--metrics", "compare", "--host", "http://127.0.0.1:1"]))
+
+
+class _Sink:
+    """Stands in for one ``ray.util.metrics`` object: records each call Ray would get."""
+
+    def __init__(self, calls: list[tuple[str, str, float, dict[str, str]]], name: str) -> None:
+        self._calls, self._name = calls, name
+
+    def inc(self, value: float, tags: dict[str, str]) -> None:
+        self._calls.append(("inc", self._name, value, tags))
+
+    def set(self, value: float, tags: dict[str, str]) -> None:
+        self._calls.append(("set", self._name, value, tags))
+
+
+def test_the_flusher_pushes_what_changed_and_everything_now_and_then(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[str, str, float, dict[str, str]]] = []
+    flusher = metrics._Flusher(5.0)
+    monkeypatch.setattr(flusher, "_metric", lambda kind, name, help, keys: _Sink(calls, name))
+    monkeypatch.setattr(metrics, "REGISTRY", [])
+    frames = metrics.Counter("warbler_test_frames", "test", ("type",))
+    sockets = metrics.Gauge("warbler_test_sockets", "test")
+    acks = metrics.Histogram("warbler_test_ack_seconds", "test", (0.01, 0.1))
+    frames.child("send").inc(3)
+    sockets.child().set(2)
+    acks.child().observe(0.05)
+    flusher.push()
+    first = list(calls)
+    assert ("inc", "warbler_test_frames", 3.0, {"type": "send"}) in first
+    assert ("set", "warbler_test_sockets", 2.0, {}) in first
+    assert ("set", "warbler_test_ack_seconds_count", 1, {}) in first
+    calls.clear()
+    flusher.push()
+    assert calls == []  # nothing moved: no Ray call at all
+    frames.child("send").inc()
+    acks.child().observe(5.0)  # only the +Inf bucket moves
+    flusher.push()
+    assert ("inc", "warbler_test_frames", 1.0, {"type": "send"}) in calls
+    buckets = [c for c in calls if c[1] == "warbler_test_ack_seconds_bucket"]
+    assert buckets == [("set", "warbler_test_ack_seconds_bucket", 2, {"le": "+Inf"})]
+    assert not any(c[1] == "warbler_test_sockets" for c in calls)
+    calls.clear()
+    # Past FULL_PUSH_EVERY_S every gauge is pushed again (Ray's agent drops stale gauges);
+    # counters are not re-counted.
+    flusher._full_at -= metrics.FULL_PUSH_EVERY_S
+    flusher.push()
+    assert ("set", "warbler_test_sockets", 2.0, {}) in calls
+    assert len([c for c in calls if c[1] == "warbler_test_ack_seconds_bucket"]) == 3
+    assert not any(c[0] == "inc" for c in calls)

@@ -189,7 +189,8 @@ ACK_SECONDS = Histogram(
 )
 RATE_LIMITED = Counter("warbler_gateway_rate_limited", "Sends rejected by the rate limit.")
 ERRORS = Counter(
-    "warbler_gateway_errors", "Errors answered (WS error frames and HTTP problems), by code.",
+    "warbler_gateway_errors",
+    "Errors answered (WS error frames and HTTP problems), by code.",
     ("code",),
 )
 CALL_BATCH = Histogram(
@@ -232,8 +233,10 @@ COMMIT_SECONDS = Histogram(
 )
 SQL_ERRORS = Counter("warbler_storage_sql_errors", "Failed SQL operations, by operation.", ("op",))
 REDIS_SECONDS = Histogram(
-    "warbler_storage_redis_seconds", "Redis round trips of the hosts, by operation.",
-    LATENCY_BUCKETS, ("op",),
+    "warbler_storage_redis_seconds",
+    "Redis round trips of the hosts, by operation.",
+    LATENCY_BUCKETS,
+    ("op",),
 )
 
 # -- autoscaler --------------------------------------------------------------------------------
@@ -312,13 +315,19 @@ def flush() -> None:
         _flusher.push()
 
 
+# How often every series is pushed, changed or not (see _Flusher.push).
+FULL_PUSH_EVERY_S = 9.0
+
+
 class _Flusher(threading.Thread):
     def __init__(self, interval_s: float) -> None:
         super().__init__(name="warbler-metrics", daemon=True)
         self._interval_s = max(0.1, interval_s)
         self._ray: dict[str, Any] = {}
-        self._sent: dict[tuple[str, Any], float] = {}
+        self._counted: dict[tuple[Any, ...], float] = {}  # counter totals pushed so far
+        self._sent: dict[tuple[Any, ...], float] = {}  # gauge values pushed (cleared: re-push)
         self._push_lock = threading.Lock()
+        self._full_at = 0.0
 
     def run(self) -> None:
         while True:
@@ -335,6 +344,13 @@ class _Flusher(threading.Thread):
                     collect()
                 except Exception:
                     logger.debug("a metrics collector failed", exc_info=True)
+            now = time.monotonic()
+            if now - self._full_at >= FULL_PUSH_EVERY_S:
+                # Ray's agent drops a gauge not reported for two export intervals (20 s):
+                # the unchanged ones are pushed again before that. (Counters are cumulative
+                # in Ray and are kept.)
+                self._full_at = now
+                self._sent.clear()
             for fam in REGISTRY:
                 for labels, child in fam.items():
                     self._push(fam, labels, child)
@@ -349,25 +365,35 @@ class _Flusher(threading.Thread):
         return metric
 
     def _push(self, fam: _Family[Any], labels: dict[str, str], child: Any) -> None:
+        # Only what moved since the last push (each Ray call costs ~12 us): an idle series costs
+        # nothing between full pushes, and a histogram only its changed buckets.
         keys = fam.labels
+        ident = (fam.name, tuple(labels.values()))
         if isinstance(child, CounterChild):
             value = child.value
-            ident = (fam.name, tuple(labels.values()))
-            delta = value - self._sent.get(ident, 0.0)
+            delta = value - self._counted.get(ident, 0.0)
             if delta > 0:  # Ray refuses inc(0): a counter appears at its first event
                 self._metric("counter", fam.name, fam.help, keys).inc(delta, labels)
-                self._sent[ident] = value
+                self._counted[ident] = value
         elif isinstance(child, GaugeChild):
-            self._metric("gauge", fam.name, fam.help, keys).set(child.value, labels)
+            if self._sent.get(ident) != child.value:
+                self._metric("gauge", fam.name, fam.help, keys).set(child.value, labels)
+                self._sent[ident] = child.value
         elif isinstance(child, HistogramChild):
             assert isinstance(fam, Histogram)
+            counts = list(child.counts)
+            total = sum(counts)
+            if self._sent.get(ident) == total:
+                return
+            self._sent[ident] = total
             bucket = self._metric("gauge", f"{fam.name}_bucket", fam.help, (*keys, "le"))
             cumulative = 0
-            counts = list(child.counts)
             for bound, n in zip((*fam.buckets, float("inf")), counts, strict=True):
                 cumulative += n
                 le = "+Inf" if bound == float("inf") else repr(float(bound))
-                bucket.set(cumulative, {**labels, "le": le})
+                if self._sent.get((*ident, le)) != cumulative:
+                    bucket.set(cumulative, {**labels, "le": le})
+                    self._sent[(*ident, le)] = cumulative
             self._metric("gauge", f"{fam.name}_sum", fam.help, keys).set(child.sum, labels)
             self._metric("gauge", f"{fam.name}_count", fam.help, keys).set(cumulative, labels)
 

@@ -10,6 +10,11 @@
   const API = BASE + "v1";
   const WS_PATH = BASE + "v1/ws";
   const PAGE = 50;
+  const SEARCH_PAGE = 20;
+  const HISTORY_MAX = 1000; // the largest history page GET .../messages serves
+  // Opening a search hit loads older history until the hit is on screen, at most this many
+  // pages (HISTORY_MAX each): a hit further back opens the conversation at its newest.
+  const REVEAL_MAX_LOADS = 5;
   const TYPING_TTL_MS = 10000;
   const TYPING_SEND_EVERY_MS = 3000;
   const PING_EVERY_MS = 25000;
@@ -42,6 +47,8 @@
     current: null,
     lastTypingSent: 0,
     frames: Promise.resolve(), // frames are handled one at a time, in arrival order
+    search: { query: "", hits: [], next: null, token: 0 }, // the search shown in the sidebar
+    found: null, // {conv, seq}: the message a search hit opened, marked in the thread
   };
 
   const $ = (id) => document.getElementById(id);
@@ -182,6 +189,11 @@
       return request("GET", `/conversations/${id}/messages?${q}`);
     },
     presence: (ids) => request("GET", "/presence?user_ids=" + ids.join(",")),
+    search: (query, before) => {
+      const q = new URLSearchParams({ q: query, limit: String(SEARCH_PAGE) });
+      if (before) q.set("before", before);
+      return request("GET", `/search?${q}`);
+    },
   };
 
   async function userByName(username) {
@@ -765,7 +777,8 @@
       const showName = !mine && c && c.kind === "group" && prevSender !== m.sender_id;
       const bot = botOf(m.body);
       const text = bot ? m.body.text || "…" : typeof m.body === "string" ? m.body : JSON.stringify(m.body);
-      const li = h("li", { class: "msg " + (mine ? "mine" : "theirs") + (prevSender === m.sender_id ? " cont" : "") + (bot ? " bot" : ""), dataset: { seq: String(m.seq), sender: String(m.sender_id) } },
+      const found = state.found && state.found.conv === conv && state.found.seq === m.seq;
+      const li = h("li", { class: "msg " + (mine ? "mine" : "theirs") + (prevSender === m.sender_id ? " cont" : "") + (bot ? " bot" : "") + (found ? " found" : ""), dataset: { seq: String(m.seq), sender: String(m.sender_id) } },
         showName || bot ? h("span", { class: "sender", style: `color: hsl(${hue(m.sender_id)} 55% 40%)` }, bot ? h("span", { class: "bot-badge" }, "BOT") : null, sender ? sender.display_name || sender.username : `user ${m.sender_id}`) : null,
         h("span", { class: "bubble" }, h("span", { class: "body" }, linkify(text)), bot ? botExtras(m, bot) : null, h("span", { class: "meta" }, bot && !bot.final ? "answering…" : timeOf(m.created_at))));
       if (mine && lastMine && m.seq === lastMine.seq) {
@@ -825,6 +838,7 @@
   async function openConversation(id) {
     sendTyping(false);
     state.current = id;
+    state.found = null;
     $("thread-empty").hidden = true;
     $("thread").hidden = false;
     // On a narrow screen the thread replaces the list (the back button returns to it).
@@ -866,13 +880,13 @@
     $("message-input").focus();
   }
 
-  async function loadOlder() {
+  async function loadOlder(limit = PAGE) {
     const id = state.current;
     const box = state.messages.get(id);
     if (!box || !box.list.length) return;
     const scroller = $("messages");
     const before = scroller.scrollHeight;
-    const page = await api.page(id, { before_seq: box.list[0].seq, limit: PAGE });
+    const page = await api.page(id, { before_seq: box.list[0].seq, limit });
     await ensureUsers(page.messages.flatMap((m) => [m.sender_id, ...systemUserIds(m.body)]));
     if (state.current !== id) return;
     box.list = [...page.messages, ...box.list];
@@ -888,6 +902,117 @@
     $("thread-empty").hidden = false;
     $("chat-view").classList.remove("thread-open");
     renderConversations();
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Search (GET /v1/search): results replace the conversation list until closed
+  // ---------------------------------------------------------------------------------------
+
+  async function runSearch(more) {
+    const query = more ? state.search.query : $("search-input").value.trim();
+    if (!query) return closeSearch();
+    // A newer search (or close) wins over an answer still on its way.
+    const token = ++state.search.token;
+    $("chat-view").classList.add("searching");
+    $("search-panel").hidden = false;
+    $("search-close").hidden = false;
+    setSearchStatus(more ? "Loading more…" : "Searching…", false);
+    $("search-more").hidden = true;
+    try {
+      const page = await api.search(query, more ? state.search.next : null);
+      await ensureUsers(page.hits.map((hit) => hit.sender_id));
+      if (token !== state.search.token) return;
+      state.search.query = query;
+      state.search.hits = more ? [...state.search.hits, ...page.hits] : page.hits;
+      state.search.next = page.next;
+      renderSearch();
+    } catch (err) {
+      if (token !== state.search.token) return;
+      setSearchStatus(err.message, true);
+      // A failed new search shows no stale results; a failed "more" keeps the button to retry.
+      if (!more) {
+        state.search = { query, hits: [], next: null, token };
+        $("search-results").replaceChildren();
+      }
+      $("search-more").hidden = !more;
+    }
+  }
+
+  function closeSearch() {
+    state.search = { query: "", hits: [], next: null, token: state.search.token + 1 };
+    $("search-input").value = "";
+    $("search-results").replaceChildren();
+    $("search-panel").hidden = true;
+    $("search-close").hidden = true;
+    $("chat-view").classList.remove("searching");
+  }
+
+  function setSearchStatus(text, error) {
+    const el = $("search-status");
+    el.textContent = text;
+    el.classList.toggle("error", error);
+  }
+
+  function renderSearch() {
+    const { hits, next, query } = state.search;
+    setSearchStatus(hits.length ? `${hits.length}${next ? "+" : ""} result${hits.length === 1 ? "" : "s"} for “${query}”` : `No messages found for “${query}”`, false);
+    $("search-more").hidden = !next;
+    $("search-results").replaceChildren(...hits.map((hit) => {
+      const sender = state.users.get(hit.sender_id);
+      const who = hit.sender_id === state.session.user.id ? "You" : sender ? sender.display_name || sender.username : `user ${hit.sender_id}`;
+      const open = () => openHit(hit).catch((err) => showSidebarError(err.message));
+      return h("li", {
+        class: "hit",
+        dataset: { conversation: String(hit.conversation_id), seq: String(hit.seq) },
+        tabindex: "0",
+        onclick: open,
+        onkeydown: (e) => { if (e.key === "Enter") open(); },
+      },
+      h("span", { class: "hit-top" },
+        h("span", { class: "hit-conv" }, convName(state.convs.get(hit.conversation_id)) || `Conversation ${hit.conversation_id}`),
+        h("span", { class: "hit-time" }, dateTimeOf(hit.created_at))),
+      h("span", { class: "hit-sender" }, who),
+      h("span", { class: "hit-snippet" }, snippetParts(hit)));
+    }));
+  }
+
+  // The snippet as text and <mark> elements. The server's offsets count code points (Python
+  // strings); JavaScript strings count UTF-16 units, so slice an array of code points.
+  function snippetParts(hit) {
+    const chars = Array.from(hit.snippet);
+    const parts = [];
+    if (hit.snippet && !hit.body.startsWith(hit.snippet)) parts.push("…");
+    let last = 0;
+    for (const [start, end] of [...hit.highlights].sort((a, b) => a[0] - b[0])) {
+      if (start < last || end <= start) continue;
+      parts.push(chars.slice(last, start).join(""), h("mark", {}, chars.slice(start, end).join("")));
+      last = end;
+    }
+    parts.push(chars.slice(last).join(""));
+    if (hit.snippet && !hit.body.endsWith(hit.snippet)) parts.push("…");
+    return parts.filter((p) => p !== "");
+  }
+
+  function dateTimeOf(iso) {
+    return new Date(iso).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+  }
+
+  // Open the hit's conversation and show the message: the thread holds a contiguous run up
+  // to the newest message, so an older hit is reached by loading older history down to it.
+  async function openHit(hit) {
+    const id = hit.conversation_id;
+    await openConversation(id);
+    for (let i = 0; i < REVEAL_MAX_LOADS; i++) {
+      const box = state.messages.get(id);
+      if (state.current !== id || !box || !box.list.length) return;
+      if (box.list[0].seq <= hit.seq || !box.hasMore) break;
+      await loadOlder(Math.min(HISTORY_MAX, box.list[0].seq - hit.seq + PAGE));
+    }
+    if (state.current !== id) return;
+    state.found = { conv: id, seq: hit.seq };
+    renderMessages(false);
+    const el = $("message-list").querySelector(`.msg[data-seq="${hit.seq}"]`);
+    if (el) el.scrollIntoView({ block: "center" });
   }
 
   function showSidebarError(text) {
@@ -930,6 +1055,7 @@
     clearInterval(state.pingTimer);
     if (state.ws) { const ws = state.ws; state.ws = null; ws.close(1000, "sign out"); }
     for (const key of ["cursors", "convs", "messages", "receipts", "typing", "pending"]) state[key].clear();
+    state.found = null;
     state.online.clear();
     state.failed = [];
     state.current = null;
@@ -939,6 +1065,7 @@
 
   function signOut(message) {
     resetState();
+    closeSearch();
     state.session = null;
     saveSession();
     closeThread();
@@ -1071,6 +1198,14 @@
     $("group-form").addEventListener("submit", onGroupSubmit);
     $("group-cancel").addEventListener("click", () => $("group-dialog").close());
     $("older-btn").addEventListener("click", () => loadOlder().catch((err) => showSidebarError(err.message)));
+    $("search-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      runSearch(false);
+    });
+    $("search-input").addEventListener("input", () => { if (!$("search-input").value) closeSearch(); });
+    $("search-input").addEventListener("keydown", (event) => { if (event.key === "Escape") closeSearch(); });
+    $("search-close").addEventListener("click", closeSearch);
+    $("search-more").addEventListener("click", () => runSearch(true));
     const input = $("message-input");
     $("composer").addEventListener("submit", (event) => {
       event.preventDefault();

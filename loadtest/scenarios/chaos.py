@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import shutil
 import signal
@@ -50,6 +51,7 @@ logger = logging.getLogger(__name__)
 MAX_RECOVERY_S = 3.0
 FAULT_AT_S = 5.0
 LATE_S = 1.0
+PROFILE_STEP_S = 0.5
 # In this order. The replica comes last: Serve's replacement replica makes the gateway
 # rebalance older sockets over the next minute (reconnect frames), which would land in the
 # phases after it (measured: 74 reconnects in the redis phase that followed it).
@@ -253,6 +255,10 @@ class FaultRun:
     late: int
     readyz_s: float | None
     run: PhaseOutcome
+    # Where the recovery time goes: per half second of send time around the fault, the
+    # longest delivery (ms). A tail that stays high after the dependency is back points at a
+    # backlog or a retry backoff, not at the fault itself.
+    profile: list[tuple[float, float]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         s = self.run.summary
@@ -269,6 +275,7 @@ class FaultRun:
             "max_delivery_ms": s.delivery.max_ms,
             "reconnects": sum(r.stats.reconnects for r in self.run.results),
             "errors": dict(s.errors),
+            "delay_profile": [[t, ms] for t, ms in self.profile],
         }
 
 
@@ -300,7 +307,26 @@ def _one(pool: Pool, target: Target, options: ChaosOptions, name: str, phase: Ph
     end_ns = int((start_at + phase.duration_s) * NS_PER_S)
     timeline = run.ledger.timeline or []
     late = sum(1 for sent, got in timeline if got - sent > LATE_S * NS_PER_S)
-    return FaultRun(name, did, recovery_s(timeline, when_ns, end_ns), late, readyz_s, run)
+    profile = delay_profile(timeline, when_ns)
+    logger.warning("chaos: %s: longest delivery (ms) by send time from the fault: %s", name,
+                   " ".join(f"{t:+.1f}s:{ms:.0f}" for t, ms in profile))
+    return FaultRun(
+        name, did, recovery_s(timeline, when_ns, end_ns), late, readyz_s, run, profile
+    )
+
+
+def delay_profile(
+    timeline: list[tuple[int, int]], fault_ns: int, before_s: float = 1.0, after_s: float = 10.0
+) -> list[tuple[float, float]]:
+    """Per ``PROFILE_STEP_S`` of send time from ``before_s`` before the fault to ``after_s``
+    after it: (bucket start in s from the fault, the longest delivery in ms)."""
+    worst: dict[int, int] = {}
+    for sent_ns, got_ns in timeline:
+        rel = (sent_ns - fault_ns) / NS_PER_S
+        if -before_s <= rel < after_s:
+            b = math.floor(rel / PROFILE_STEP_S)
+            worst[b] = max(worst.get(b, 0), got_ns - sent_ns)
+    return [(b * PROFILE_STEP_S, round(ns / 1e6, 1)) for b, ns in sorted(worst.items())]
 
 
 def measure(target: Target, options: BenchOptions) -> tuple[Figures, list[str]]:

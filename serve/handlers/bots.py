@@ -7,6 +7,7 @@ conversation goes to its entities (the bot entity ``bot:<id>`` for hand-back and
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from actors.bot_embedding import EmbedClient
@@ -25,6 +26,7 @@ from warbler.protocol import (
     BotPublic,
     KnowledgeDocPublic,
 )
+from warbler.sealed import seal_provider
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +95,10 @@ class BotsHandler:
                 raise WarblerError(
                     ErrorCode.FORBIDDEN, "the support group must be a group you own or administer"
                 )
-        provider = body.provider.model_dump(exclude_none=True)
+        # The API key is stored sealed (warbler/sealed.py); only the bot entity opens it.
+        provider = seal_provider(
+            body.provider.model_dump(exclude_none=True), self._settings.resolved_secret_key()
+        )
         bot, user = await self._bots.create_bot(
             caller_id,
             body.username,
@@ -135,8 +140,9 @@ class BotsHandler:
         """Index (or re-index) one document: text, passages, vectors, stored in one go."""
         await self._owned(caller_id, bot_id)
         kind = content_type_of(name, content_type)
-        text = extract_text(kind, data)
-        passages = chunk_text(text)
+        # In a thread: a 2 MiB PDF or HTML page takes the CPU for a while, and this loop also
+        # serves the replica's sockets.
+        text, passages = await asyncio.to_thread(_read_document, kind, data)
         if not passages:
             raise WarblerError(ErrorCode.VALIDATION, "the document has no text to index")
         inputs = [f"{heading}\n{body}" if heading else body for heading, body in passages]
@@ -188,14 +194,16 @@ class BotsHandler:
         """Handed off or not (members only)."""
         await self._member(caller_id, conversation_id)
         info = await self._runtime.call(bot_key(conversation_id), GetBotState(caller_id))
-        if not isinstance(info, BotConversationInfo):
-            raise WarblerError(ErrorCode.INTERNAL, f"GetBotState answered {type(info)}")
         return _state_public(info)
 
     async def hand_back(self, caller_id: int, conversation_id: int) -> BotConversationPublic:
         """An agent gives a handed-off conversation back to its bot."""
         await self._member(caller_id, conversation_id)
         info = await self._runtime.call(bot_key(conversation_id), HandBack(caller_id))
-        if not isinstance(info, BotConversationInfo):
-            raise WarblerError(ErrorCode.INTERNAL, f"HandBack answered {type(info)}")
         return _state_public(info)
+
+
+def _read_document(kind: str, data: bytes) -> tuple[str, list[tuple[str, str]]]:
+    """The document's text and its passages (one thread hop for both)."""
+    text = extract_text(kind, data)
+    return text, chunk_text(text)

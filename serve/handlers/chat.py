@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 from actors.messages import (
     AddMembers,
@@ -21,21 +19,20 @@ from actors.messages import (
     MessageEvent,
     OpenDirect,
     ReadLog,
-    Receipt,
     RemoveMember,
     Rename,
-    SessionInfo,
+    Request,
     SetRole,
 )
 from actors.names import NEW_CONVERSATION_KEY, conv_key, user_key
 from actors.publisher import Publisher
+from actors.runtime import Runtime
 from serve.batching import CallCoalescer
 from serve.convert import (
     ack_public,
     conversation_public,
     message_public,
     receipt_public,
-    to_entity_body,
 )
 from serve.delivery.connection import Connection
 from serve.handlers.hello import MembershipLoader
@@ -54,23 +51,17 @@ from warbler.protocol import (
     MessagePagePublic,
     ReceiptPublic,
     Role,
-    TypingEventFrame,
     body_size,
     dump_frame,
+    presence_payload,
+    to_entity_body,
+    typing_payload,
 )
 
 logger = logging.getLogger(__name__)
 _RATE_LIMITED = metrics.RATE_LIMITED.child()
 
 _DIRECT_CACHE_MAX = 100_000
-_T = TypeVar("_T")
-
-
-def _expect(value: object, kind: type[_T]) -> _T:
-    # Entities answer with the dataclass their handler declares; anything else is a bug.
-    if not isinstance(value, kind):
-        raise WarblerError(ErrorCode.INTERNAL, f"expected {kind.__name__}, got {type(value)}")
-    return value
 
 
 class ChatHandler:
@@ -80,7 +71,7 @@ class ChatHandler:
         self,
         settings: Settings,
         calls: CallCoalescer,
-        call_one: Callable[[str, object], Awaitable[object]],
+        runtime: Runtime,
         conversations: ConversationStore,
         presence: PresenceCache,
         bus: EventBus,
@@ -88,9 +79,9 @@ class ChatHandler:
     ) -> None:
         self._settings = settings
         self._calls = calls
-        # Runtime.call, for the rare "conv:new" factory calls (answered by a redirect the
-        # Runtime follows): nothing to gain from batching them with the sends.
-        self._call_one = call_one
+        # For the rare "conv:new" factory calls (answered by a redirect the Runtime follows):
+        # nothing to gain from batching them with the sends.
+        self._runtime = runtime
         self._conversations = conversations
         # The store keeps its Database private; the hello's batched read needs it (see
         # serve/handlers/hello.py).
@@ -143,7 +134,7 @@ class ChatHandler:
             kind=body.kind,
             body=to_entity_body(body.kind, body.body),
         )
-        return _expect(await self._calls.call(conv_key(conversation_id), append), MessageEvent)
+        return await self._calls.call(conv_key(conversation_id), append)
 
     async def read_log(
         self,
@@ -154,12 +145,9 @@ class ChatHandler:
         limit: int,
     ) -> list[MessageEvent]:
         """A page of the log in ascending seq (NOT_MEMBER unless the user belongs)."""
-        result = await self._calls.call(
+        return await self._calls.call(
             conv_key(conversation_id), ReadLog(user_id, after_seq, before_seq, limit)
         )
-        if not isinstance(result, list):
-            raise WarblerError(ErrorCode.INTERNAL, f"ReadLog answered {type(result)}")
-        return [_expect(e, MessageEvent) for e in result]
 
     async def history(
         self,
@@ -188,15 +176,13 @@ class ChatHandler:
 
     async def mark_read(self, user_id: int, conversation_id: int, seq: int) -> ReceiptPublic:
         """Advance the read position; the entity publishes the receipt to the members."""
-        result = await self._calls.call(conv_key(conversation_id), MarkRead(user_id, seq))
-        return receipt_public(_expect(result, Receipt))
+        receipt = await self._calls.call(conv_key(conversation_id), MarkRead(user_id, seq))
+        return receipt_public(receipt)
 
     async def typing(self, user_id: int, conversation_id: int, active: bool) -> None:
         """Tell the other members' sockets (ephemeral; one publish, no storage)."""
-        frame = TypingEventFrame(conversation_id=conversation_id, user_id=user_id, active=active)
-        self._publisher.publish(
-            self._keys.conv_channel(conversation_id), dump_frame(frame).encode()
-        )
+        payload = typing_payload(conversation_id, user_id, active)
+        self._publisher.publish(self._keys.conv_channel(conversation_id), payload)
 
     # -- conversations ----------------------------------------------------------------------
 
@@ -218,8 +204,7 @@ class ChatHandler:
         """Get or create the direct conversation of two users."""
         if peer_id == user_id:
             raise WarblerError(ErrorCode.BAD_REQUEST, "a direct conversation needs another user")
-        result = await self._call_one(NEW_CONVERSATION_KEY, OpenDirect(user_id, peer_id))
-        info = _expect(result, ConversationInfo)
+        info = await self._runtime.call(NEW_CONVERSATION_KEY, OpenDirect(user_id, peer_id))
         if info.last_seq == 0:
             # A new (or still empty) direct conversation: tell both users' gateways, as
             # entities do for groups, so they subscribe to it (and catch up its first page).
@@ -245,19 +230,18 @@ class ChatHandler:
     async def create_group(self, user_id: int, body: GroupCreate) -> ConversationPublic:
         """A new group owned by the caller."""
         members = tuple(dict.fromkeys(u for u in body.member_ids if u != user_id))
-        result = await self._call_one(
+        event = await self._runtime.call(
             NEW_CONVERSATION_KEY, CreateGroup(user_id, body.title, members)
         )
-        event = _expect(result, MessageEvent)
         return await self.get_conversation(user_id, event.conversation_id)
 
     async def get_conversation(self, user_id: int, conversation_id: int) -> ConversationPublic:
         """Kind, title, members and last seq (members only)."""
-        result = await self._calls.call(conv_key(conversation_id), GetInfo(user_id))
-        return conversation_public(_expect(result, ConversationInfo))
+        info = await self._calls.call(conv_key(conversation_id), GetInfo(user_id))
+        return conversation_public(info)
 
-    async def _command(self, conversation_id: int, message: object) -> MessageEvent:
-        return _expect(await self._calls.call(conv_key(conversation_id), message), MessageEvent)
+    async def _command(self, conversation_id: int, message: Request[MessageEvent]) -> MessageEvent:
+        return await self._calls.call(conv_key(conversation_id), message)
 
     async def rename(self, user_id: int, conversation_id: int, title: str) -> ConversationPublic:
         """Rename a group (owner/admin)."""
@@ -329,19 +313,13 @@ class ChatHandler:
 
     async def device_connected(self, user_id: int, device_id: str, replica_id: str) -> bool:
         """Register the device with the user's session; True if the user just came online."""
-        info = _expect(
-            await self._calls.call(user_key(user_id), ConnectDevice(device_id, replica_id)),
-            SessionInfo,
-        )
+        info = await self._calls.call(user_key(user_id), ConnectDevice(device_id, replica_id))
         self._limiter.set_share(user_id, len({d.replica_id for d in info.devices}))
         return len(info.devices) == 1 and info.devices[0].device_id == device_id
 
     async def device_disconnected(self, user_id: int, device_id: str, replica_id: str) -> bool:
         """Unregister the device; True if the user has no device left."""
-        info = _expect(
-            await self._calls.call(user_key(user_id), DisconnectDevice(device_id, replica_id)),
-            SessionInfo,
-        )
+        info = await self._calls.call(user_key(user_id), DisconnectDevice(device_id, replica_id))
         self._limiter.set_share(user_id, len({d.replica_id for d in info.devices}))
         return not info.online
 
@@ -349,10 +327,7 @@ class ChatHandler:
         """Tell the peers of the user's direct conversations (one pipeline)."""
         if not direct_ids:
             return
-        payload = (
-            f'{{"type":"presence","id":null,"user_id":{user_id},'
-            f'"online":{"true" if online else "false"}}}'
-        ).encode()
+        payload = presence_payload(user_id, online)
         self._publisher.publish_many([(self._keys.conv_channel(c), payload) for c in direct_ids])
 
 

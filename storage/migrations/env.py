@@ -10,6 +10,7 @@ from sqlalchemy import Connection
 from sqlmodel import SQLModel
 
 import storage.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from storage.search import is_search_object
 
 target_metadata = SQLModel.metadata
 
@@ -21,6 +22,9 @@ def _configure_and_run(connection: Connection) -> None:
         # SQLite alters tables by copying them; batch mode does that for future revisions.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        # The search index is engine-specific DDL (0004), not in the models: autogenerate
+        # must not offer to drop it.
+        include_name=lambda name, type_, parents: not is_search_object(name, type_, parents),
     )
     with context.begin_transaction():
         context.run_migrations()

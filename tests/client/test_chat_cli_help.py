@@ -33,7 +33,7 @@ def option_line(text: str, flag: str) -> str:
 def test_warbler_help_shows_flags_as_flags() -> None:
     top = run_help()
     assert "<bool>" not in top
-    for command in ("up", "down", "chat", "send"):
+    for command in ("up", "down", "chat", "send", "search"):
         assert any(line.split()[:1] == [command] for line in top.splitlines()), top
     up = run_help("up")
     assert "<bool>" not in up, up

@@ -13,7 +13,12 @@ import pytest
 from client import WarblerClient
 from client.events import ConnectionEvent, Event
 from warbler.errors import ErrorCode, WarblerError
-from warbler.protocol import ConversationEventFrame, MessageFrame, ReceiptFrame
+from warbler.protocol import (
+    ConversationEventFrame,
+    MessageFrame,
+    ReceiptFrame,
+    SearchPagePublic,
+)
 
 pytestmark = pytest.mark.ray
 
@@ -130,6 +135,46 @@ async def test_history_pages_both_ways(login: Login, uid: str) -> None:
         assert [m.seq for m in forward.messages] == seqs[5:10]
         everything = [m.seq async for m in bob.iter_history(conv, page=7)]
         assert everything == list(range(1, seqs[-1] + 1))
+
+
+async def test_search_pages_with_the_cursor_and_filters_by_conversation(
+    login: Login, uid: str
+) -> None:
+    async with login("alice") as alice, login("bob") as bob:
+        word = f"quince{uid}"
+        first = await alice.send(f"First {word}, then tea", to_user=bob.user_id)
+        direct = first.conversation_id
+        group = await alice.create_group("Fruit", [bob.user_id])
+        for i in range(4):
+            await bob.send(f"{word} number {i}", conversation_id=group.id)
+        await alice.send("nothing to find here", conversation_id=direct)
+
+        page = await alice.search(word, limit=3)
+        assert isinstance(page, SearchPagePublic)
+        assert [(h.conversation_id, h.body) for h in page.hits] == [
+            (group.id, f"{word} number {i}") for i in (3, 2, 1)
+        ]
+        top = page.hits[0]
+        assert top.sender_id == bob.user_id and top.created_at.tzinfo is not None
+        assert [top.snippet[a:b] for a, b in top.highlights] == [word]
+        assert page.next is not None
+        rest = await alice.search(word, limit=3, cursor=page.next)
+        assert [h.body for h in rest.hits] == [f"{word} number 0", f"First {word}, then tea"]
+        assert rest.next is None
+        assert [h.conversation_id for h in rest.hits] == [group.id, direct]
+
+        every = [h.body async for h in bob.iter_search(word, page=2)]
+        assert every == [h.body for h in page.hits + rest.hits]
+        only = await bob.search(f"{word} TEA", conversation_id=direct)
+        assert [(h.seq, h.body) for h in only.hits] == [(first.seq, f"First {word}, then tea")]
+
+        # Refused by the server (422 problem JSON), as clear errors.
+        with pytest.raises(WarblerError) as err:
+            await alice.search("?!")
+        assert err.value.code is ErrorCode.VALIDATION and "no words" in err.value.message
+        with pytest.raises(WarblerError) as err:
+            await alice.search(word, cursor="not-a-cursor")
+        assert err.value.code is ErrorCode.VALIDATION and err.value.status == 422
 
 
 async def test_expired_and_rejected_access_tokens_are_refreshed(login: Login) -> None:

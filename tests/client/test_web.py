@@ -274,3 +274,87 @@ async def test_phone_layout_links_wrapping_title_and_member_buttons(
     await expect(bob.locator(".sidebar")).to_be_visible()
     await expect(bob.locator(".thread")).to_be_hidden()
     assert errors == [], errors
+
+
+async def test_search_box_finds_messages_and_opens_the_hit(
+    browser: Any, gateway_url: str, uid: str, tmp_path: Path
+) -> None:
+    from playwright.async_api import expect
+
+    from client import WarblerClient
+
+    errors: list[str] = []
+    bob = await open_page(browser, errors)
+    await register(bob, gateway_url, f"bob_{uid}", "Bob")
+    word, step = f"guava{uid}", f"step{uid}"
+    # Alice writes through the SDK: a hit further back than the page's first history load,
+    # a newer one with emoji before the word (the server's offsets count code points, not
+    # UTF-16 units) and markup, and one in a group.
+    async with WarblerClient(gateway_url) as alice:
+        await alice.register(f"alice_{uid}", PASSWORD, "Alice")
+        await alice.connect()
+        old = await alice.send(f"The {word} recipe, from long ago", to_user=f"bob_{uid}")
+        direct = old.conversation_id
+        for i in range(60):
+            await alice.send(f"{step} {i}", conversation_id=direct)
+        new = await alice.send(f"🍈🍈 fresh {word} <b>today</b>", conversation_id=direct)
+        group = await alice.create_group("Market", [f"bob_{uid}"])
+        in_group = await alice.send(f"{word.upper()} at the market", conversation_id=group.id)
+    # Both conversations are on Bob's list before he searches, so hits show their names.
+    await bob.locator("#conv-list .conv", has_text="Market").wait_for()
+    await bob.locator("#conv-list .conv", has_text="Alice").wait_for()
+
+    await bob.fill("#search-input", word)
+    await bob.press("#search-input", "Enter")
+    hits = bob.locator("#search-results .hit")
+    await expect(hits).to_have_count(3)
+    await expect(bob.locator("#search-status")).to_have_text(f"3 results for “{word}”")
+    await expect(bob.locator("#conv-list")).to_be_hidden()
+    await expect(hits.locator(".hit-conv")).to_have_text(["Market", "Alice", "Alice"])
+    await expect(hits.locator(".hit-sender")).to_have_text(["Alice", "Alice", "Alice"])
+    await expect(hits.nth(0).locator("mark")).to_have_text([word.upper()])
+    await expect(hits.nth(1).locator(".hit-snippet")).to_have_text(
+        f"🍈🍈 fresh {word} <b>today</b>"
+    )
+    await expect(hits.nth(1).locator("mark")).to_have_text([word])
+    assert await bob.locator("#search-results b").count() == 0
+
+    # The oldest hit opens its conversation with history loaded down to it, marked.
+    await hits.nth(2).click()
+    await expect(bob.locator("#thread-name")).to_have_text("Alice")
+    found = bob.locator(f'.msg.found[data-seq="{old.seq}"]')
+    await expect(found.locator(".body")).to_have_text(f"The {word} recipe, from long ago")
+    await expect(found).to_be_in_viewport()
+    seqs = await bob.locator(".msg[data-seq]").evaluate_all(
+        "els => els.map(e => Number(e.dataset.seq))"
+    )
+    assert seqs == list(range(seqs[0], new.seq + 1)) and seqs[0] <= old.seq, seqs
+    await bob.screenshot(path=str(tmp_path / "bob-search.png"))
+    # The results stay: the group's hit opens the group.
+    await hits.nth(0).click()
+    await expect(bob.locator("#thread-name")).to_have_text("Market")
+    await expect(bob.locator(f'.msg.found[data-seq="{in_group.seq}"]')).to_have_count(1)
+    await expect(bob.locator(".msg.found")).to_have_count(1)
+
+    # More than a page: "More results" follows the cursor until the last page.
+    await bob.fill("#search-input", step)
+    await bob.press("#search-input", "Enter")
+    await expect(hits).to_have_count(20)
+    await expect(bob.locator("#search-status")).to_have_text(f"20+ results for “{step}”")
+    await bob.click("#search-more")
+    await expect(hits).to_have_count(40)
+    await bob.click("#search-more")
+    await expect(hits).to_have_count(60)
+    await expect(bob.locator("#search-more")).to_be_hidden()
+    await expect(hits.first.locator(".hit-snippet")).to_have_text(f"{step} 59")
+    await expect(hits.last.locator(".hit-snippet")).to_have_text(f"{step} 0")
+
+    # A query with nothing to search for gets the server's reason; Escape closes the search.
+    await bob.fill("#search-input", "?!")
+    await bob.press("#search-input", "Enter")
+    await expect(bob.locator("#search-status.error")).to_contain_text("no words")
+    await expect(hits).to_have_count(0)
+    await bob.press("#search-input", "Escape")
+    await expect(bob.locator("#search-panel")).to_be_hidden()
+    await expect(bob.locator("#conv-list")).to_be_visible()
+    assert errors == [], errors

@@ -44,3 +44,25 @@ def test_warbler_bench_is_registered_and_passes_options_through() -> None:
     done = CliRunner().invoke(app, ["bench", "nope"])
     assert done.exit_code == 2
     assert "invalid choice: 'nope'" in done.output  # the bench's own parser answered
+
+
+def test_the_metrics_overhead_is_the_median_of_per_core_ratios() -> None:
+    from loadtest.bench import overhead_summary
+    from loadtest.report import Figures
+
+    def fig(rate: float, cores: float) -> Figures:
+        return Figures(delivered_per_s=rate, extra={"server_cores": cores})
+
+    # ABBA: the first cluster of each pair ran faster; the ratios straddle 1.
+    pairs: list[dict[str, Figures | None]] = [
+        {"on": fig(2200, 1.1), "off": fig(2000, 1.0)},  # 2000 vs 2000 per core
+        {"on": fig(1800, 1.0), "off": fig(2000, 1.0)},  # 0.9
+        {"on": fig(1900, 1.0), "off": fig(2000, 1.0)},  # 0.95
+        {"on": fig(1000, 1.0), "off": None},  # a cluster that did not start: left out
+    ]
+    summary = overhead_summary("direct", pairs)
+    assert summary["per_core_ratios"] == [1.0, 0.9, 0.95]
+    assert summary["ratio_median"] == 0.95
+    assert summary["ratio_geomean"] == round((0.9 * 0.95) ** (1 / 3), 4)
+    assert summary["overhead_pct"] == 5.0
+    assert summary["pairs"] == 4

@@ -4,6 +4,7 @@ SQL and Redis, real WebSocket clients. One FAQ bot setup per test (unique names)
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import uuid
@@ -13,6 +14,8 @@ import httpx
 import pytest
 from gwclient import Account, Socket, connect, make_account
 
+from storage import Database
+from storage.bots import BotStore
 from tests.fake_openai import FakeOpenAI
 from tests.support import GatewayInfo
 
@@ -51,6 +54,19 @@ async def _bot(
         assert r.status_code == 200, r.text
         assert r.json()["chunks"] == 4
     return dict(bot)
+
+
+async def _customer_of_provider_bot(
+    http: httpx.AsyncClient, gateway: GatewayInfo, fake: FakeOpenAI
+) -> tuple[Account, dict[str, Any], Socket]:
+    """A shop's bot on the fake provider, and a customer connected to talk to it."""
+    owner = await make_account(http, "shop")
+    customer = await make_account(http, "cust")
+    bot = await _bot(
+        http, owner, provider={"kind": "openai", "url": fake.url, "model": "fake", "api_key": "k"}
+    )
+    sock, _ = await connect(gateway.ws_url, customer)
+    return customer, bot, sock
 
 
 def _final(sock: Socket, conv: int, seq: int | None = None) -> Any:
@@ -172,8 +188,10 @@ async def test_bots_never_answer_bots_and_turns_are_limited(
             timeout=60,
         )
         # Past the limit the turns are handled (and dropped) in order; wait until the last
-        # one has been seen by asking for the bot state, which queues behind it.
-        for _ in range(60):
+        # one has been seen by asking for the bot state, which queues behind it (a 503 is
+        # the call's own timeout while turns are still queued: ask again).
+        deadline = asyncio.get_running_loop().time() + 180.0
+        while asyncio.get_running_loop().time() < deadline:
             log = await _log(http, owner, conv)
             answers = _bot_messages(log, a) + _bot_messages(log, b)
             if len(answers) >= limit and all(
@@ -181,7 +199,10 @@ async def test_bots_never_answer_bots_and_turns_are_limited(
             ):
                 break
             await asyncio.sleep(1.0)
-        r = await http.get(f"/v1/conversations/{conv}/bot", headers=customer.headers)
+        while True:
+            r = await http.get(f"/v1/conversations/{conv}/bot", headers=customer.headers)
+            if r.status_code != 503 or asyncio.get_running_loop().time() > deadline:
+                break
         assert r.status_code == 200, r.text
         await asyncio.sleep(1.0)
         log = await _log(http, owner, conv)
@@ -333,6 +354,88 @@ async def test_host_killed_mid_answer_gives_one_answer(
     assert [m["client_msg_id"] for m in mine] == [f"bot:{conv}:{trigger}"]
     assert mine[0]["body"]["text"] == reply
     assert len(fake.requests) == 2  # the killed attempt and the one after the restart
+
+
+async def test_a_failing_turn_is_retried_a_few_times_then_says_so(
+    http: httpx.AsyncClient, gateway: GatewayInfo
+) -> None:
+    from actors.bot import TURN_ATTEMPTS, TURN_FAILED_TEXT
+    from actors.bot_link import TURN_RESEND_AFTER_S
+
+    # A provider whose stream is garbage: the turn itself fails (not just the provider call).
+    fake = await FakeOpenAI(reply="Back to normal.", garble_first=1000).start()
+    customer, bot, sock = await _customer_of_provider_bot(http, gateway, fake)
+    try:
+        ack = await sock.send_message("when do you open?", to_user_id=bot["user_id"])
+        conv, trigger = ack["conversation_id"], ack["seq"]
+        # Resent with backoff (2 + 6 + 18 s, swept every 3 s), then one error message.
+        final = await sock.wait_for(_final(sock, conv), timeout=120)
+        assert final["body"]["bot"]["error"] == "turn_failed", final
+        assert final["body"]["text"] == TURN_FAILED_TEXT
+        assert len(fake.requests) == TURN_ATTEMPTS
+        # And no more: a resend would come within TURN_RESEND_AFTER_S.
+        await asyncio.sleep(TURN_RESEND_AFTER_S + 1.0)
+        assert len(fake.requests) == TURN_ATTEMPTS
+        # The bot still answers the next message once the provider is well.
+        fake.garble_first = 0
+        second = await _ask(sock, conv, "and on Sundays?")
+        answer = await sock.wait_for(
+            lambda f: _final(sock, conv)(f) and f["seq"] > second, timeout=60
+        )
+        log = await _log(http, customer, conv)
+    finally:
+        await sock.close()
+        await fake.stop()
+    assert answer["body"]["text"] == "Back to normal."
+    mine = _bot_messages(log, bot)
+    # One message per trigger: the failed one's placeholder became the error message.
+    assert [m["client_msg_id"] for m in mine] == [f"bot:{conv}:{trigger}", f"bot:{conv}:{second}"]
+    assert mine[0]["body"]["bot"] == {"final": True, "bot_id": bot["id"], "error": "turn_failed"}
+    assert mine[0]["body"]["text"] == TURN_FAILED_TEXT
+
+
+async def test_the_provider_key_is_stored_sealed_and_sent_in_clear(
+    http: httpx.AsyncClient, gateway: GatewayInfo, db: Database
+) -> None:
+    secret = "sk-test-" + uuid.uuid4().hex
+    fake = await FakeOpenAI(reply="We open at nine.").start()
+    owner = await make_account(http, "shop")
+    customer = await make_account(http, "cust")
+    provider = {"kind": "openai", "url": fake.url, "model": "fake", "api_key": secret}
+    bot = await _bot(http, owner, provider=provider)
+    assert secret not in json.dumps(bot)
+    sock, _ = await connect(gateway.ws_url, customer)
+    try:
+        ack = await sock.send_message("when do you open?", to_user_id=bot["user_id"])
+        final = await sock.wait_for(_final(sock, ack["conversation_id"]), timeout=60)
+    finally:
+        await sock.close()
+        await fake.stop()
+    assert final["body"]["text"] == "We open at nine."
+    assert fake.auth == [f"Bearer {secret}"]  # opened for the call
+    stored = await BotStore(db).get_bot(bot["id"])
+    assert stored is not None
+    assert "api_key" not in stored.provider and stored.provider["api_key_sealed"]
+    assert secret not in json.dumps(stored.provider)  # the row never holds it in clear
+
+
+async def test_a_provider_that_always_fails_answers_once(
+    http: httpx.AsyncClient, gateway: GatewayInfo
+) -> None:
+    fake = await FakeOpenAI(fail_first=1000).start()
+    customer, bot, sock = await _customer_of_provider_bot(http, gateway, fake)
+    try:
+        ack = await sock.send_message("when do you open?", to_user_id=bot["user_id"])
+        conv = ack["conversation_id"]
+        final = await sock.wait_for(_final(sock, conv), timeout=90)
+        await asyncio.sleep(4.0)  # more than a sweep
+        log = await _log(http, customer, conv)
+    finally:
+        await sock.close()
+        await fake.stop()
+    assert final["body"]["bot"]["error"] == "provider"
+    assert len(fake.requests) == 2  # the attempt and its one retry (run_with_retry)
+    assert len(_bot_messages(log, bot)) == 1
 
 
 async def test_bad_bot_input_is_a_clear_error(

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
-from actors.events import message_payload
 from actors.messages import MessageEvent
 from serve.delivery import Connection, DeliveryHub
 from storage import (
@@ -26,6 +25,7 @@ from storage import (
     UserStore,
 )
 from warbler.config import Settings
+from warbler.protocol import message_payload
 
 
 class Frames:
@@ -51,6 +51,25 @@ class Frames:
         return self.seqs()
 
 
+def _log_reader(
+    messages: MessageStore,
+) -> Callable[[int, int, int | None, int | None, int], Awaitable[list[MessageEvent]]]:
+    """The hub's ``ReadLog`` straight from SQL (the gateway's goes through the entities)."""
+
+    async def read_log(
+        user_id: int, cid: int, after: int | None, before: int | None, limit: int
+    ) -> list[MessageEvent]:
+        rows = await messages.page_messages(cid, after_seq=after, before_seq=before, limit=limit)
+        return [
+            MessageEvent(
+                m.conversation_id, m.seq, m.sender_id, m.client_msg_id, m.kind, m.body, m.created_at
+            )
+            for m in rows
+        ]
+
+    return read_log
+
+
 @pytest.fixture
 async def world(
     settings: Settings, db: Database, redis: aioredis.Redis, uid: str
@@ -64,16 +83,7 @@ async def world(
     writer = GroupCommitWriter(db)
     await writer.start()
 
-    async def read_log(
-        user_id: int, cid: int, after: int | None, before: int | None, limit: int
-    ) -> list[MessageEvent]:
-        rows = await messages.page_messages(cid, after_seq=after, before_seq=before, limit=limit)
-        return [
-            MessageEvent(
-                m.conversation_id, m.seq, m.sender_id, m.client_msg_id, m.kind, m.body, m.created_at
-            )
-            for m in rows
-        ]
+    read_log = _log_reader(messages)
 
     async def load(user_id: int) -> dict[int, str]:
         return {conv.id: "group"}
@@ -91,7 +101,7 @@ async def world(
         stored = await writer.append(
             MessageDraft(conv.id, alice.id, f"m{n}-{uid}", "text", {"text": f"m{n}"}), counter
         )
-        event = MessageEvent(
+        payload = message_payload(
             stored.conversation_id,
             stored.seq,
             stored.sender_id,
@@ -100,7 +110,6 @@ async def world(
             stored.body,
             stored.created_at,
         )
-        payload = message_payload(event)
         if publish:
             await redis.publish(keys.conv_channel(conv.id), payload)
         return payload
@@ -185,3 +194,69 @@ async def test_own_send_is_acked_not_echoed(world: dict[str, Any]) -> None:
     conn.stop()
     writer.cancel()
     await world["hub"].detach(conn)
+
+
+async def test_tails_after_a_resubscribe_are_read_concurrently(
+    settings: Settings, db: Database, redis: aioredis.Redis, uid: str
+) -> None:
+    """After a lost pub/sub connection the hub reads the tail of every conversation before the
+    reader loop dispatches live events again: one by one, 36 conversations held every delivery
+    for ~3 s (chaos bench). The log reads here wait until all of them have started, so a hub
+    that reads one tail at a time never delivers them."""
+    users = UserStore(db)
+    alice = await users.create_user(f"dta-{uid}", "hash", "a")
+    bob = await users.create_user(f"dtb-{uid}", "hash", "b")
+    store = ConversationStore(db)
+    convs = [await store.create_group(f"t{i}", alice.id, [bob.id]) for i in range(3)]
+    messages = MessageStore(db)
+    writer = GroupCommitWriter(db)
+    await writer.start()
+    keys = Keys(f"{settings.namespace}tails{uid}")
+    all_started = asyncio.Barrier(len(convs))
+    gated = False
+
+    read = _log_reader(messages)
+
+    async def read_log(
+        user_id: int, cid: int, after: int | None, before: int | None, limit: int
+    ) -> list[MessageEvent]:
+        if gated:
+            await all_started.wait()
+        return await read(user_id, cid, after, before, limit)
+
+    async def load(user_id: int) -> dict[int, str]:
+        return {c.id: "group" for c in convs}
+
+    hub = DeliveryHub(
+        EventBus(redis, keys), keys, read_log=read_log, load_conversations=load, page_limit=10
+    )
+    before = {c["id"] for c in await redis.client_list(_type="pubsub")}
+    await hub.start()
+    frames = Frames()
+    conn = Connection(frames.send_text, bob.id, "dev", max_queue=1000)
+    sending = asyncio.get_running_loop().create_task(conn.run_writer())
+    try:
+        conn.begin_sync()
+        await hub.attach(conn)
+        await hub.catch_up(conn, {c.id: 0 for c in convs}, begun=True)
+        counter = {c.id: SeqCounter() for c in convs}
+        for c in convs:  # committed while the subscription was away: never published
+            draft = MessageDraft(c.id, alice.id, f"t{c.id}-{uid}", "text", {"text": "x"})
+            await writer.append(draft, counter[c.id])
+        gated = True
+        # Cut the hub's own pub/sub connection (the one that appeared with it); it notices,
+        # resubscribes and reads every tail.
+        ours = {c["id"] for c in await redis.client_list(_type="pubsub")} - before
+        assert ours, "the hub's subscriber connection was not found"
+        for client_id in ours:
+            await redis.client_kill_filter(_id=client_id)
+        assert await frames.wait_seqs(len(convs)) == [1] * len(convs)
+        assert {f["conversation_id"] for f in frames.frames if f["type"] == "message"} == {
+            c.id for c in convs
+        }
+    finally:
+        conn.stop()
+        sending.cancel()
+        await hub.detach(conn)
+        await hub.close()
+        await writer.stop()

@@ -252,6 +252,16 @@ async def test_long_urls_and_headers_are_problem_json(http: httpx.AsyncClient) -
     assert _problem(r, 431)["code"] == "too_large"
 
 
+async def test_20_kib_urls_and_headers_pass_haproxy_and_get_problem_json(
+    http: httpx.AsyncClient,
+) -> None:
+    # Over Serve's default haproxy buffer (16 KiB: haproxy's own HTML 400), under ours.
+    r = await http.get("/v1/users/me", params={"x": "a" * 20 * 1024})
+    assert _problem(r, 414)["code"] == "too_large"
+    r = await http.get("/v1/users/me", headers={"X-Big": "a" * 20 * 1024})
+    assert _problem(r, 431)["code"] == "too_large"
+
+
 async def test_login_is_throttled_per_account(http: httpx.AsyncClient) -> None:
     victim = await make_account(http, "victim")
     limit = 10  # settings.login_failures_per_account

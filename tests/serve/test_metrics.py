@@ -14,11 +14,15 @@ from gwclient import connect, make_account
 
 from tests.support import GatewayInfo
 from warbler import metrics
+from warbler.config import Settings
 from warbler.status import Scrape, metrics_urls, scrape
 
 pytestmark = pytest.mark.ray
 
 DEADLINE_S = 120.0
+# A change shows on the endpoint up to one flush (5 s) plus one Ray report (10 s) later: a
+# value unchanged for longer than that has settled.
+SETTLED_S = float(Settings.model_fields["metrics_flush_s"].default) + 12.0
 SENDS = metrics.FRAMES_IN.exported
 ACKS = metrics.FRAMES_OUT.exported
 ACK_COUNT = f"{metrics.PREFIX}{metrics.ACK_SECONDS.name}_count"
@@ -55,7 +59,7 @@ async def _settled(name: str) -> Scrape:
         now = await _scrape()
         if now.total(name) != last.total(name):
             last, stable_since = now, asyncio.get_running_loop().time()
-        elif asyncio.get_running_loop().time() - stable_since > 12.0:
+        elif asyncio.get_running_loop().time() - stable_since > SETTLED_S:
             return now
     raise AssertionError(f"{name} never settled")
 

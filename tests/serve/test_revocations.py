@@ -80,6 +80,34 @@ async def test_every_replica_learns_a_revocation(redis: aioredis.Redis, uid: str
         await b.close()
 
 
+async def test_revocations_redis_lost_are_written_back(redis: aioredis.Redis, uid: str) -> None:
+    """A Redis restarted empty forgot every logout: the live replicas still hold them and
+    write them back (at the next resync, or when the bus returns), so a replica that starts
+    afterwards still refuses those sessions' tokens."""
+    keys = Keys(f"rv{uid}")
+    a = Revocations(redis, keys, ttl_s=60)
+    await a.start()
+    try:
+        await a.revoke(Revocation(7, session_id="s1"))
+        await a.revoke(Revocation(8, before=200))
+        # What a restart without persistence does to this namespace (not FLUSHALL: the server
+        # is shared with other tests).
+        lost = [k async for k in redis.scan_iter(match=keys.revocations_pattern())]
+        assert len(lost) == 2
+        await redis.delete(*lost)
+        await a.resync()
+        assert 50 <= await redis.ttl(keys.revoked_session("s1")) <= 60  # its remaining lifetime
+        c = Revocations(redis, keys, ttl_s=60)
+        await c.start()
+        try:
+            assert c.is_revoked(claims(7, "s1")) and c.is_revoked(claims(8, "x", 150))
+            assert not c.is_revoked(claims(8, "x", 200))
+        finally:
+            await c.close()
+    finally:
+        await a.close()
+
+
 async def test_a_revocation_lasts_as_long_as_the_tokens_it_concerns(
     redis: aioredis.Redis, uid: str
 ) -> None:

@@ -1,11 +1,16 @@
-"""Fixtures for the storage tests: stores over the session database, a user factory, keys."""
+"""Fixtures for the storage tests: stores over the session database, a user factory, keys, and
+fresh empty databases for migration tests."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from storage import (
     CheckpointStore,
@@ -59,3 +64,26 @@ def make_user(users: UserStore, uid: str) -> MakeUser:
         return await users.create_user(f"{label}-{uid}", "argon2-hash", label.title())
 
     return make
+
+
+@pytest.fixture
+async def fresh_url(settings: Settings, tmp_path: Path) -> AsyncIterator[str]:
+    """The URL of a new, empty database on the session's engine, dropped afterwards."""
+    url = make_url(settings.async_database_url)
+    if url.get_backend_name() == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
+        return
+    name = f"warbler_mig_{uuid.uuid4().hex[:10]}"
+    admin = Database(settings.async_database_url)
+    ddl_engine = admin.engine.execution_options(isolation_level="AUTOCOMMIT")
+    async with ddl_engine.connect() as conn:
+        await conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        async with ddl_engine.connect() as conn:
+            if admin.dialect == "postgresql":
+                await conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            else:
+                await conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+        await admin.close()

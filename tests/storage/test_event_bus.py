@@ -233,3 +233,35 @@ async def test_channel_listener_outlives_seconds_without_redis(
     finally:
         await listener.close()
         await client.aclose()
+
+
+async def test_subscribing_again_after_an_idle_empty_spell_keeps_the_subscriber(
+    redis_url: str, keys: Keys
+) -> None:
+    """The last channel unsubscribed, the connection idle past its health-check interval,
+    then a new SUBSCRIBE while the reader waits in get_message: redis-py's health check used
+    to read the socket under the reader ("readuntil() called while another coroutine is
+    already waiting") and the subscriber was lost (a replica's next hello after 30 s quiet)."""
+    # A check interval well under the reader's 1 s poll: most of each poll the check is due.
+    client = aioredis.Redis.from_url(redis_url, health_check_interval=0.2)
+    try:
+        bus = EventBus(client, keys)
+        async with bus.subscriber() as sub:
+            first, second = keys.conv_channel(1), keys.conv_channel(2)
+            await sub.subscribe(first)
+            await _wait_subscribed(bus, first)
+            reader = asyncio.create_task(_take(sub, 1))
+            await sub.unsubscribe(first)
+            for _ in range(200):  # the reader reads the confirmation
+                if not sub.channels:
+                    break
+                await asyncio.sleep(0.01)
+            assert sub.channels == set()
+            await asyncio.sleep(2.5)  # idle past the interval, nothing subscribed
+            await sub.subscribe(second)
+            await _wait_subscribed(bus, second)
+            await bus.publish(second, b"after")
+            assert await asyncio.wait_for(reader, WAIT_S) == [(second, b"after")]
+            assert not sub.lost
+    finally:
+        await client.aclose()

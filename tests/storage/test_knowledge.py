@@ -97,20 +97,30 @@ async def test_finish_answer_changes_only_the_bots_own_message(
     finally:
         await writer.stop()
     final = {"text": "the answer", "bot": {"final": True}}
-    assert await bots.finish_answer(conv.id, answer.seq, bot_user.id, final)
-    assert not await bots.finish_answer(conv.id, mine.seq, bot_user.id, final)
+    assert await bots.finish_answer(conv.id, answer.seq, bot_user.id, final, charge=(bot.id, 9))
+    # Not the bot's message: nothing changes, and nothing is charged.
+    assert not await bots.finish_answer(
+        conv.id, mine.seq, bot_user.id, final, charge=(bot.id, 100)
+    )
+    charged = await bots.get_bot(bot.id)
+    assert charged is not None and charged.tokens_used == 9
     from storage import MessageStore
 
     page = await MessageStore(db).page_messages(conv.id, after_seq=0)
     assert [m.body for m in page] == [{"text": "q"}, final]
 
 
-async def test_pending_turns_are_claimed_when_stale(redis: aioredis.Redis, keys: Keys) -> None:
+async def test_pending_turns_are_claimed_when_due(redis: aioredis.Redis, keys: Keys) -> None:
     pending = PendingTurnCache(redis, keys)
-    await pending.add(b"turn-1")
-    assert await pending.claim_stale(60.0) == []
-    assert await pending.claim_stale(0.0) == [b"turn-1"]
-    # Claiming marks it as sent now: not stale again at once.
-    assert await pending.claim_stale(5.0) == []
+    await pending.add(b"turn-1", 60.0)
+    assert await pending.claim_due(60.0) == []
+    await pending.postpone(b"turn-1", -1.0)  # a failed turn whose retry is due
+    assert await pending.claim_due(60.0) == [b"turn-1"]
+    # Claiming marks it as due again later: not due again at once.
+    assert await pending.claim_due(60.0) == []
+    await pending.postpone(b"turn-1", -1.0)
     await pending.done(b"turn-1")
-    assert await pending.claim_stale(0.0) == []
+    assert await pending.claim_due(0.0) == []
+    # Postponing a turn that is done does not bring it back.
+    await pending.postpone(b"turn-1", -1.0)
+    assert await pending.claim_due(0.0) == []

@@ -27,9 +27,7 @@ def upgrade() -> None:
     op.add_column("conversations", sa.Column("creation_key", sa.String(100), nullable=True))
     # A unique index rather than a constraint: SQLite cannot ALTER TABLE ADD CONSTRAINT, and
     # every engine here lets a unique index hold many NULLs.
-    op.create_index(
-        "uq_conversations_creation_key", "conversations", ["creation_key"], unique=True
-    )
+    op.create_index("uq_conversations_creation_key", "conversations", ["creation_key"], unique=True)
 
 
 def downgrade() -> None:

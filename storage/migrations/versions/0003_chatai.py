@@ -33,9 +33,7 @@ _MYSQL: dict[str, Any] = {
 
 
 def upgrade() -> None:
-    op.add_column(
-        "users", sa.Column("kind", sa.String(16), nullable=False, server_default="user")
-    )
+    op.add_column("users", sa.Column("kind", sa.String(16), nullable=False, server_default="user"))
     op.create_table(
         "bots",
         sa.Column("id", _ID, primary_key=True, autoincrement=True),
