@@ -245,13 +245,15 @@ class BotEntity(Entity[BotConversationState]):
             return TurnResult("not_addressed")
         if s.handed_off:
             return TurnResult("silent")
-        now = time.time()
-        s.turns = [t for t in s.turns if t > now - 60.0]
+        # The window is the minute before the trigger was sent (``sent_at``), so whether a
+        # message is answered does not depend on how long the turns ahead of it took.
+        sent = msg.sent_at or time.time()
+        s.turns = [t for t in s.turns if t > sent - 60.0]
         if not retried:  # a resend of a failed turn was counted when it first ran
             if len(s.turns) >= self.ctx.settings.bot_turns_per_minute:
                 logger.info("conversation %s: bot turn limit reached", msg.conversation_id)
                 return TurnResult("rate_limited")
-            s.turns.append(now)
+            s.turns.append(sent)
         bot = addressed[0]  # one answer per message, from the first bot addressed
         customer = users.get(msg.sender_id)
         if wants_human(msg.text):

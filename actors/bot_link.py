@@ -213,6 +213,7 @@ def turn_to_bytes(turn: BotTurn) -> bytes:
             turn.text,
             turn.conversation_kind,
             list(turn.bot_user_ids),
+            turn.sent_at,
         ],
         separators=(",", ":"),
         ensure_ascii=False,
@@ -220,9 +221,11 @@ def turn_to_bytes(turn: BotTurn) -> bytes:
 
 
 def turn_from_bytes(raw: bytes) -> BotTurn:
-    """Inverse of ``turn_to_bytes``."""
-    cid, seq, sender, text, kind, bots = json.loads(raw)
-    return BotTurn(int(cid), int(seq), int(sender), str(text), str(kind), tuple(bots))
+    """Inverse of ``turn_to_bytes`` (a turn stored before ``sent_at`` existed has six fields:
+    it counts as sent when it is handled)."""
+    cid, seq, sender, text, kind, bots, *rest = json.loads(raw)
+    sent_at = float(rest[0]) if rest else 0.0
+    return BotTurn(int(cid), int(seq), int(sender), str(text), str(kind), tuple(bots), sent_at)
 
 
 _LINKS: dict[int, BotLink] = {}

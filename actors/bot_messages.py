@@ -47,6 +47,10 @@ class BotTurn(Request[TurnResult]):
     text: str
     conversation_kind: str
     bot_user_ids: tuple[int, ...]
+    # The trigger's commit time (epoch seconds): the per-minute turn limit counts messages by
+    # when they were sent, not by when a busy host got to them, so a backlog (or a turn
+    # swept up after a crash) is limited the same way as a live one.
+    sent_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -396,6 +396,7 @@ class ConversationEntity(Entity[ConversationState]):
                 text,
                 state.kind,
                 tuple(sorted(state.bots)),
+                event.created_at.timestamp(),
             )
         )
 

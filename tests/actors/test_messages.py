@@ -73,3 +73,13 @@ def test_every_handler_takes_its_message_and_returns_its_reply() -> None:
     # conv:new's factory takes CreateGroup and OpenDirect, then redirects them to a handler.
     assert handled == set(MESSAGE_TYPES)
 
+
+def test_a_pending_turn_keeps_its_send_time_and_old_entries_still_read() -> None:
+    from actors.bot_link import turn_from_bytes, turn_to_bytes
+    from actors.bot_messages import BotTurn
+
+    turn = BotTurn(7, 3, 11, "can I return it?", "group", (21, 22), 1_790_000_000.25)
+    assert turn_from_bytes(turn_to_bytes(turn)) == turn
+    # A turn stored by the version before ``sent_at``: six fields, read as "sent when handled".
+    old = turn_from_bytes(b'[7,3,11,"can I return it?","group",[21,22]]')
+    assert old == BotTurn(7, 3, 11, "can I return it?", "group", (21, 22), 0.0)
