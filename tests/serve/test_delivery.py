@@ -70,6 +70,19 @@ def _log_reader(
     return read_log
 
 
+def _payload(stored: Any) -> bytes:
+    """What a conversation entity publishes for a committed message."""
+    return message_payload(
+        stored.conversation_id,
+        stored.seq,
+        stored.sender_id,
+        stored.client_msg_id,
+        stored.kind,
+        stored.body,
+        stored.created_at,
+    )
+
+
 @pytest.fixture
 async def world(
     settings: Settings, db: Database, redis: aioredis.Redis, uid: str
@@ -101,15 +114,7 @@ async def world(
         stored = await writer.append(
             MessageDraft(conv.id, alice.id, f"m{n}-{uid}", "text", {"text": f"m{n}"}), counter
         )
-        payload = message_payload(
-            stored.conversation_id,
-            stored.seq,
-            stored.sender_id,
-            stored.client_msg_id,
-            stored.kind,
-            stored.body,
-            stored.created_at,
-        )
+        payload = _payload(stored)
         if publish:
             await redis.publish(keys.conv_channel(conv.id), payload)
         return payload
@@ -238,16 +243,7 @@ async def test_a_gap_fill_holds_its_own_conversation_not_the_others(
         draft = MessageDraft(cid, alice.id, f"g{n}-{uid}", "text", {"text": f"g{n}"})
         stored = await writer.append(draft, counters[cid])
         if publish:
-            payload = message_payload(
-                stored.conversation_id,
-                stored.seq,
-                stored.sender_id,
-                stored.client_msg_id,
-                stored.kind,
-                stored.body,
-                stored.created_at,
-            )
-            await redis.publish(keys.conv_channel(cid), payload)
+            await redis.publish(keys.conv_channel(cid), _payload(stored))
 
     frames = Frames()
     conn = Connection(frames.send_text, bob.id, "dev", max_queue=1000)
