@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import ray
 
 from actors import cluster
+from actors.failover import FailoverWatcher
 from actors.names import AUTOSCALER_NAME
 from warbler import metrics
 from warbler.config import Settings
@@ -376,7 +377,8 @@ class HostAutoscaler:
 
 async def pool_loads(settings: Settings, *, timeout_s: float = 5.0) -> dict[str, HostLoad | None]:
     """The load of every pool host in the committed shard map (dedicated hosts are not part of
-    the pool); None for a host that does not answer within ``timeout_s``."""
+    the pool) and of failed-over ones; None for a host that does not answer within
+    ``timeout_s`` (or is failed over)."""
     shard_map = await cluster.current_map(settings)
     if shard_map is None:
         # Not started yet, or shut down: not "zero hosts", which decide() would grow.
@@ -394,7 +396,13 @@ async def pool_loads(settings: Settings, *, timeout_s: float = 5.0) -> dict[str,
 
     names = list(shard_map.hosts)
     samples = await asyncio.gather(*(read(name) for name in names))
-    return dict(zip(names, samples, strict=True))
+    loads = dict(zip(names, samples, strict=True))
+    # A failed-over host is still the pool's (it is readmitted once Ray has restarted it):
+    # count it, load unknown, so a failover neither looks like a pool below min_hosts nor
+    # lets a decision be made on the hosts that are covering for it.
+    for name in await cluster.failed_over_hosts(settings):
+        loads.setdefault(name, None)
+    return loads
 
 
 def for_cluster(
@@ -422,11 +430,12 @@ _HISTORY = 200
 
 
 class HostPoolController:
-    """The host autoscaler of one cluster, as a detached Ray actor (``AUTOSCALER_NAME``).
+    """The host autoscaler and the failover watcher (``actors.failover``) of one cluster, as a
+    detached Ray actor (``AUTOSCALER_NAME``); each runs when its setting is on.
 
-    It starts its loop in ``__init__`` (an async actor's constructor runs in its event loop), so
-    a restart after a crash (``max_restarts=-1``) resumes scaling with nobody calling in. A
-    move the previous incarnation left half done is finished by ``actors.cluster`` first.
+    It starts its loops in ``__init__`` (an async actor's constructor runs in its event loop),
+    so a restart after a crash (``max_restarts=-1``) resumes with nobody calling in. A move the
+    previous incarnation left half done is finished by ``actors.cluster`` first.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -438,7 +447,14 @@ class HostPoolController:
         self._history: deque[dict[str, Any]] = deque(maxlen=_HISTORY)
         self._steps = 0
         metrics.configure(settings)
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._autoscaling = settings.host_autoscale
+        self._task = loop.create_task(self._run()) if settings.host_autoscale else None
+        # Failover runs in the same actor: one controller per cluster, on the head node.
+        self._failover = FailoverWatcher(settings) if settings.host_failover else None
+        self._failover_task = (
+            loop.create_task(self._failover.run()) if self._failover is not None else None
+        )
 
     async def _run(self) -> None:
         while True:
@@ -472,17 +488,22 @@ class HostPoolController:
     async def status(self) -> dict[str, Any]:
         """The policy, how many steps ran, and the recent decisions (newest last)."""
         return {
-            "running": not self._task.done(),
+            "running": self._task is not None and not self._task.done(),
             "steps": self._steps,
             "policy": asdict(self._policy),
             "history": list(self._history),
+            "failover": {
+                "running": self._failover_task is not None and not self._failover_task.done(),
+                "history": list(self._failover.history) if self._failover is not None else [],
+            },
         }
 
 
 def ensure_controller(settings: Settings) -> Any | None:
-    """Start this cluster's autoscaler actor unless it runs (or ``settings.host_autoscale`` is
-    off); returns its handle. Safe to call from many processes at once (``get_if_exists``)."""
-    if not settings.host_autoscale:
+    """Start this cluster's controller actor (the autoscaler and the failover watcher) unless it
+    runs, or both ``settings.host_autoscale`` and ``settings.host_failover`` are off; returns
+    its handle. Safe to call from many processes at once (``get_if_exists``)."""
+    if not settings.host_autoscale and not settings.host_failover:
         return None
     # Validate here, in the caller, so a bad WARBLER_HOST_AUTOSCALE_POLICY fails `warbler up`
     # with a clear error instead of crash-looping a detached actor.

@@ -11,6 +11,9 @@ placement goes through ``_move`` (the protocol is described in ``actors.host``):
 
 A controller that dies mid-move leaves the pending map in Redis; the next call here finishes
 that move first (steps 2-4 are idempotent).
+
+``fail_over`` is the one change without step 2: the host that loses shards is dead (Ray is
+restarting it), and the hosts that gain them lose nothing (see ``actors.failover``).
 """
 
 from __future__ import annotations
@@ -129,6 +132,52 @@ async def remove_host(settings: Settings, name: str) -> None:
         current = await _settled(settings, store)
         await _move(settings, store, current, with_host_removed(current, name))
         await _kill(settings, name)
+        await store.clear_failed(name)
+
+
+async def fail_over(settings: Settings, name: str, restarts: int) -> ShardMap | None:
+    """Commit a map that gives dead pool host ``name``'s shards to the other pool hosts at once,
+    unless Ray's restart of it as incarnation ``restarts`` has already registered, a move is
+    under way, or it is the last pool host. Returns the new map, or None if refused."""
+    async with _directory(settings) as store:
+        current, pending = await store.load()
+        if current is None or pending is not None or name not in current.hosts:
+            return None
+        if len(current.hosts) < 2:
+            return None
+        new = with_host_removed(current, name)
+        if not await store.begin_failover(current.epoch, new, name, restarts):
+            return None
+        # No release step: the heirs only gain shards, and the dead host serves nothing (its
+        # next incarnation registers and reads this map, or a later one).
+        await store.commit(new)
+        logger.warning(
+            "failover: host %s died; its %d shards moved to the others (epoch %d -> %d)",
+            name,
+            len(current.shards_of(name)),
+            current.epoch,
+            new.epoch,
+        )
+        await _adopt_everywhere(settings, new, list(new.all_hosts()))
+        return new
+
+
+async def readmit(settings: Settings, name: str) -> ShardMap | None:
+    """Give a failed-over host that is back (restarted by Ray) its share of shards again, by an
+    ordinary move. Returns the new map, or None if it serves shards already."""
+    async with _directory(settings) as store:
+        current = await _settled(settings, store)
+        if name in current.all_hosts():
+            await store.clear_failed(name)
+            return None
+        await get_host(settings, name).ping.remote()
+        new = with_host_added(current, name)
+        await _move(settings, store, current, new)
+        await store.clear_failed(name)
+        logger.info(
+            "failover: host %s is back and serves %d shards", name, len(new.shards_of(name))
+        )
+        return new
 
 
 async def pin_entity(settings: Settings, key: str, *, host_resource: float = 1.0) -> str:
@@ -161,6 +210,12 @@ async def current_map(settings: Settings) -> ShardMap | None:
         return current
 
 
+async def failed_over_hosts(settings: Settings) -> list[str]:
+    """Pool hosts a failover took shards from that have not been readmitted yet."""
+    async with _directory(settings) as store:
+        return await store.failed_over()
+
+
 async def shutdown_hosts(settings: Settings) -> None:
     """Passivate every entity (checkpointing it), stop every host, delete the shard map."""
     # The autoscaler first: it would otherwise see a pool below min_hosts and grow it back.
@@ -168,7 +223,8 @@ async def shutdown_hosts(settings: Settings) -> None:
         ray.kill(ray.get_actor(AUTOSCALER_NAME, namespace=settings.namespace), no_restart=True)
     async with _directory(settings) as store:
         current, pending = await store.load()
-        names: set[str] = set()
+        # Failed-over hosts are in no map until readmitted: stop them too.
+        names: set[str] = set(await store.failed_over())
         for shard_map in (current, pending):
             if shard_map is not None:
                 names.update(shard_map.all_hosts())

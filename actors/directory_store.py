@@ -35,6 +35,33 @@ class DirectoryStore:
         ``current_epoch`` or another move is pending)."""
         await self._store.begin(current_epoch, pending.epoch, pending.to_json())
 
+    async def begin_failover(
+        self, current_epoch: int, pending: ShardMap, host: str, restarts: int
+    ) -> bool:
+        """Record ``pending`` (``host``'s shards given away) unless Ray's restart of ``host`` as
+        incarnation ``restarts`` (or later) has already registered. True if recorded."""
+        return await self._store.begin_failover(
+            current_epoch, pending.epoch, pending.to_json(), host, restarts
+        )
+
+    async def register(
+        self, host: str, incarnation: int
+    ) -> tuple[ShardMap | None, ShardMap | None]:
+        """A starting host: record its incarnation and read ``(committed, pending)`` at once."""
+        current, pending = await self._store.register(host, incarnation)
+        return (
+            ShardMap.from_json(current) if current else None,
+            ShardMap.from_json(pending) if pending else None,
+        )
+
+    async def failed_over(self) -> list[str]:
+        """Hosts a failover took shards from that have not been given shards again."""
+        return await self._store.failed_over()
+
+    async def clear_failed(self, host: str) -> None:
+        """``host`` serves shards again, or was stopped."""
+        await self._store.clear_failed(host)
+
     async def commit(self, pending: ShardMap) -> None:
         """Make ``pending`` the committed map (idempotent)."""
         await self._store.commit(pending.epoch, pending.to_json())

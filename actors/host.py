@@ -56,6 +56,14 @@ _MOVED = metrics.MOVED.child()
 _REDIS_CHECKPOINT = metrics.REDIS_SECONDS.child("checkpoint")
 
 
+def _held_maps(current: ShardMap | None, pending: ShardMap | None) -> list[ShardMap]:
+    """The maps a host judges ownership by: the committed one, and a newer pending one."""
+    maps = [m for m in (current, pending) if m is not None]
+    if pending is not None and current is not None and pending.epoch <= current.epoch:
+        maps = [current]
+    return maps
+
+
 class HostCore:
     """Activation table, mailboxes, checkpoints and the ownership check of one host."""
 
@@ -94,10 +102,19 @@ class HostCore:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Start the writer, load the shard map, start checkpoint/passivation upkeep."""
+    async def start(self, incarnation: int | None = None) -> None:
+        """Start the writer, load the shard map, start checkpoint/passivation upkeep.
+
+        ``incarnation`` (how many times Ray had restarted this host) is registered in the same
+        step as the map is read: a failover of this host's previous incarnation then either
+        shows in the map read here, or is refused (``storage.shard_maps``)."""
         await self.ctx.start()
-        await self.refresh_map()
+        if incarnation is None:
+            await self.refresh_map()
+        else:
+            async with self._refresh_lock:
+                current, pending = await self._directory.register(self.name, incarnation)
+                self._set_maps(_held_maps(current, pending))
         self._maintenance = asyncio.get_running_loop().create_task(self._upkeep())
         # ChatAI: every host resends bot turns whose sending host died (one Redis read / 3 s).
         link_for(self.ctx).start_sweeper()
@@ -122,9 +139,7 @@ class HostCore:
                 return
         async with self._refresh_lock:
             current, pending = await self._directory.load()
-            maps = [m for m in (current, pending) if m is not None]
-            if pending is not None and current is not None and pending.epoch <= current.epoch:
-                maps = [current]
+            maps = _held_maps(current, pending)
             if maps and (not self.ownership.maps or maps[-1].epoch >= self.ownership.epoch):
                 self._set_maps(maps)
 

@@ -16,6 +16,7 @@ import uuid
 from typing import Any
 
 import ray
+from ray._private import state as ray_state
 
 from actors.context import EntityContext
 from actors.conversation import ConversationEntity, ConversationState
@@ -46,6 +47,16 @@ def _process_started_at() -> float:
     with open("/proc/stat") as f:
         boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
     return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _incarnation() -> int | None:
+    """How many times Ray has restarted this actor (0: the first start); None outside Ray.
+    The failover watcher reads the same number from the GCS (``actors.failover``)."""
+    actor_id = ray.get_runtime_context().get_actor_id()
+    if actor_id is None:
+        return None
+    info: dict[str, Any] = ray_state.actors(actor_id)
+    return int(info.get("NumRestarts", 0)) if info else None
 
 
 class ActorHost:
@@ -96,7 +107,7 @@ class ActorHost:
         redis = connect_redis(settings.redis_url)
         ctx = EntityContext.build(settings, db, redis)
         core = HostCore(self._name, ctx, DirectoryStore(redis, ctx.keys))
-        await core.start()
+        await core.start(await asyncio.to_thread(_incarnation))
         self._core = core
         metrics.add_collector(core.collect_metrics)
         self._ready_at = time.time()

@@ -74,7 +74,13 @@ def ingress_env(
     haproxy's stats and Prometheus ports bind every interface (Serve offers no host for them),
     so they get free, non-default ports unless given.
     """
-    env = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+    env = {
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+        # A call to a host that died fails at once (ActorUnavailableError, which the runtime
+        # retries on the failover's map) instead of after Ray's default 1 s wait for the
+        # death notice; KubeRay sets the same for RayService clusters.
+        "RAY_timeout_ms_task_wait_for_death_info": "0",
+    }
     if not settings.use_haproxy:
         return env
     d = haproxy_dir(settings)

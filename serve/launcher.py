@@ -442,7 +442,17 @@ def autoscaler(
         return
     typer.echo(f"hosts: {', '.join(hosts) or 'none'}")
     if status is None:
-        typer.echo("autoscaler: not running (WARBLER_HOST_AUTOSCALE=false?)")
+        typer.echo(
+            "controller: not running (WARBLER_HOST_AUTOSCALE and WARBLER_HOST_FAILOVER false?)"
+        )
+        return
+    failover = status.get("failover") or {}
+    typer.echo(f"failover: {'on' if failover.get('running') else 'off'}")
+    for entry in failover.get("history", []):
+        when = time.strftime("%H:%M:%S", time.localtime(entry["t"]))
+        typer.echo(f"  {when}  {entry['action']:<8}  {entry['host']}  {entry['took_s']} s")
+    if not settings.host_autoscale:
+        typer.echo("autoscaler: off (WARBLER_HOST_AUTOSCALE=false)")
         return
     policy = status["policy"]
     typer.echo(

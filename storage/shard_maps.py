@@ -4,6 +4,13 @@ both start a move, and a committed map never goes backwards.
 
 Maps are opaque JSON documents here (with their epoch beside them): what a map means is the
 directory's business (``actors.directory.ShardMap``), how it is kept is this module's.
+
+The same hash keeps each host's incarnation (``inc:<host>``: how many times Ray had restarted
+it when it started) and marks the hosts a failover took shards from (``failed:<host>``). A
+starting host registers its incarnation and reads the maps in one script, and a failover
+begins only if no newer incarnation of the dead host has registered: so either the restarted
+host reads the failover's map, or the failover is refused and the host's own restart serves
+its shards. Never both.
 """
 
 from __future__ import annotations
@@ -21,6 +28,25 @@ local pend = redis.call('HGET', KEYS[1], 'pending_epoch')
 if pend and pend ~= ARGV[2] then return -2 end
 redis.call('HSET', KEYS[1], 'pending_epoch', ARGV[2], 'pending', ARGV[3])
 return 1
+"""
+
+# KEYS[1] = map hash; ARGV = expected current epoch, pending epoch, pending json, host,
+# the incarnation Ray is restarting it as (the dead one is older).
+_BEGIN_FAILOVER = """
+local inc = tonumber(redis.call('HGET', KEYS[1], 'inc:' .. ARGV[4]) or '-1')
+if inc >= tonumber(ARGV[5]) then return -3 end
+local cur = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
+if cur ~= tonumber(ARGV[1]) then return -1 end
+if redis.call('HEXISTS', KEYS[1], 'pending_epoch') == 1 then return -2 end
+redis.call('HSET', KEYS[1], 'pending_epoch', ARGV[2], 'pending', ARGV[3],
+           'failed:' .. ARGV[4], '1')
+return 1
+"""
+
+# KEYS[1] = map hash; ARGV = host, incarnation.
+_REGISTER = """
+redis.call('HSET', KEYS[1], 'inc:' .. ARGV[1], ARGV[2])
+return redis.call('HMGET', KEYS[1], 'current', 'pending')
 """
 
 # KEYS[1] = map hash; ARGV = pending epoch, map json.
@@ -53,6 +79,8 @@ class ShardMapStore:
         self._begin = redis.register_script(_BEGIN)
         self._commit = redis.register_script(_COMMIT)
         self._abort = redis.register_script(_ABORT)
+        self._begin_failover = redis.register_script(_BEGIN_FAILOVER)
+        self._register = redis.register_script(_REGISTER)
 
     async def load(self) -> tuple[bytes | str | None, bytes | str | None]:
         """``(committed, pending)`` JSON documents; either may be None."""
@@ -74,6 +102,35 @@ class ShardMapStore:
             raise WarblerError(ErrorCode.CONFLICT, "the shard map changed; reload and retry")
         if int(result) == -2:
             raise WarblerError(ErrorCode.CONFLICT, "another shard move is in progress")
+
+    async def begin_failover(
+        self, current_epoch: int, pending_epoch: int, document: bytes, host: str, restarts: int
+    ) -> bool:
+        """Like ``begin``, for a map that takes the shards of a dead ``host`` away. False (and
+        nothing written) if an incarnation ``>= restarts`` of the host has registered (the
+        restart won: it serves its shards) or the map changed or a move is pending."""
+        result = await self._begin_failover(
+            keys=[self._key], args=[current_epoch, pending_epoch, document, host, restarts]
+        )
+        return int(result) == 1
+
+    async def register(
+        self, host: str, incarnation: int
+    ) -> tuple[bytes | str | None, bytes | str | None]:
+        """Record that ``host`` runs as ``incarnation`` and read ``(committed, pending)``, in
+        one step (see the module docstring)."""
+        current, pending = await self._register(keys=[self._key], args=[host, incarnation])
+        return (current or None, pending or None)
+
+    async def failed_over(self) -> list[str]:
+        """The hosts whose shards a failover gave away and that were not given shards again."""
+        fields = await self._redis.hkeys(self._key)
+        names = [f.decode() if isinstance(f, bytes) else str(f) for f in fields]
+        return sorted(n.removeprefix("failed:") for n in names if n.startswith("failed:"))
+
+    async def clear_failed(self, host: str) -> None:
+        """``host`` serves shards again (or was stopped): no longer failed over."""
+        await self._redis.hdel(self._key, f"failed:{host}")
 
     async def commit(self, pending_epoch: int, document: bytes) -> None:
         """Make the pending map the committed one (idempotent)."""

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     host_autoscale: bool = True
     host_autoscale_interval_s: float = 10.0
     host_autoscale_policy: dict[str, float] = Field(default_factory=dict)
+    # Failover (actors.failover): the shards of a pool host Ray is restarting move to the other
+    # hosts at once instead of waiting 2-3.5 s for the restart; how often the GCS is asked.
+    host_failover: bool = True
+    host_failover_poll_s: float = Field(default=0.2, gt=0.0)
 
     # Durability.
     # 2048: on PostgreSQL, 13.0k appends/s against 4.1k with 512 at the same load (storage_bench).

@@ -243,6 +243,12 @@ REDIS_SECONDS = Histogram(
 DECISIONS = Counter(
     "warbler_autoscaler_decisions", "Host-pool autoscaler decisions, by action.", ("action",)
 )
+FAILOVERS = Counter(
+    "warbler_host_failovers",
+    "Dead pool hosts whose shards moved to the others (failover), and restarted ones given "
+    "shards again (readmit).",
+    ("action",),
+)
 
 
 _LAG = PUBSUB_LAG.child()

@@ -9,7 +9,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from actor_helpers import MakeUser
 
-from actors.directory import initial_map, with_host_added
+from actors.context import EntityContext
+from actors.directory import initial_map, with_host_added, with_host_removed
 from actors.directory_store import DirectoryStore
 from actors.host import HostCore
 from actors.messages import (
@@ -240,6 +241,73 @@ async def test_no_host_serves_a_moving_key_until_the_move_commits(
     for key in moving:
         assert isinstance(await ask_host(b, 2, key), ConversationInfo)
         assert stale(await ask_host(a, 2, key))
+
+
+async def test_a_failover_and_the_dead_hosts_restart_never_both_serve_a_shard(
+    host_factory: HostFactory,
+    make_user: MakeUser,
+    test_settings: Settings,
+    db: Database,
+    redis: aioredis.Redis,
+) -> None:
+    store = DirectoryStore(redis, Keys(test_settings.namespace))
+    old = initial_map(["host-a", "host-b"], test_settings.num_shards)
+    await store.create(old)
+    started: list[HostCore] = []
+
+    async def incarnation(name: str, number: int) -> HostCore:
+        host = HostCore(name, EntityContext.build(test_settings, db, redis), store)
+        await host.start(number)
+        started.append(host)
+        return host
+
+    try:
+        hosts = {"host-a": await incarnation("host-a", 0), "host-b": await host_factory("host-b")}
+        b = hosts["host-b"]
+        new = with_host_removed(old, "host-a")
+        owner = await make_user("o")
+        moving = []
+        for _ in range(8):
+            # "conv:new" runs on any host; the new group's first command goes to its owner.
+            create = CreateGroup(owner.id, "g", ())
+            [redirect] = await batch(b, [(NEW_CONVERSATION_KEY, create)])
+            assert isinstance(redirect, Redirect)
+            here = hosts[old.owner(redirect.key)]
+            [event] = await batch(here, [(redirect.key, redirect.message)])
+            assert isinstance(event, MessageEvent)
+            if here is not b:
+                moving.append(redirect.key)
+        assert moving
+
+        # Ray restarts host-a as incarnation 1; the restart registers first: the failover is
+        # refused (nothing written) and the restarted host serves its shards.
+        first = await incarnation("host-a", 1)
+        assert not await store.begin_failover(old.epoch, new, "host-a", restarts=1)
+        assert await store.load() == (old, None)
+        assert await store.failed_over() == []
+        assert all(first.ownership.owns(k) for k in moving)
+
+        # host-a dies again (Ray restarts it as incarnation 2); this time the failover is
+        # first: the restart reads the pending map and serves none of the moved shards, before
+        # and after the commit; the heir serves them once committed.
+        assert await store.begin_failover(old.epoch, new, "host-a", restarts=2)
+        assert await store.failed_over() == ["host-a"]
+        second = await incarnation("host-a", 2)
+        assert not any(second.ownership.owns(k) for k in moving)
+        await store.commit(new)
+        await b.adopt(new)
+        await second.refresh_map()
+        for key in moving:
+            assert not second.ownership.owns(key) and b.ownership.owns(key)
+            [info] = await batch(b, [(key, GetInfo(owner.id))])
+            assert isinstance(info, ConversationInfo)
+        # A failover of an incarnation that is not the newest one is refused too.
+        assert not await store.begin_failover(new.epoch, new, "host-a", restarts=2)
+        await store.clear_failed("host-a")
+        assert await store.failed_over() == []
+    finally:
+        for host in started:
+            await host.stop()
 
 
 async def test_a_suspended_handler_keeps_later_messages_in_order(

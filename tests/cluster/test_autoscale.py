@@ -428,10 +428,15 @@ async def test_controller_actor_scales_the_pool_and_stops_with_the_hosts(
             break
         await asyncio.sleep(0.1)
     assert shard_map is not None and sorted(shard_map.hosts) == ["host-0", "host-1"]
-    status = await asyncio.to_thread(controller_status, own)
-    assert status is not None and status["running"] and status["policy"]["min_hosts"] == 2
-    ups = [entry for entry in status["history"] if entry["action"] == "up"]
-    assert ups and ups[0]["added"] == ["host-1"] and ups[0]["error"] is None
+    # The map is committed before the step that moved it returns and is recorded: wait for it.
+    for _ in range(600):
+        status = await asyncio.to_thread(controller_status, own)
+        assert status is not None and status["running"] and status["policy"]["min_hosts"] == 2
+        ups = [entry for entry in status["history"] if entry["action"] == "up"]
+        if ups:
+            break
+        await asyncio.sleep(0.1)
+    assert ups and ups[0]["added"] == ["host-1"] and ups[0]["error"] is None, status
 
     # shutdown_hosts stops the controller first, so it cannot grow the pool back.
     await cluster.shutdown_hosts(own)
@@ -455,4 +460,5 @@ def test_controller_refuses_a_bad_policy_before_starting(settings: Settings) -> 
 def test_controller_is_off_when_disabled(settings: Settings) -> None:
     from actors.autoscale import ensure_controller
 
-    assert ensure_controller(settings.model_copy(update={"host_autoscale": False})) is None
+    off = {"host_autoscale": False, "host_failover": False}
+    assert ensure_controller(settings.model_copy(update=off)) is None

@@ -60,7 +60,8 @@ def env_example() -> dict[str, str]:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         key, sep, value = line.partition("=")
-        assert sep and key == key.strip() and key.isupper(), f"not KEY=value: {line!r}"
+        # A valid variable name (Ray's own system settings are RAY_<lower_case_name>).
+        assert sep and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key), f"not KEY=value: {line!r}"
         assert not value.startswith(("'", '"')), f"quotes would be kept literally: {line!r}"
         env[key] = value
     return env

@@ -70,6 +70,19 @@ def _log_reader(
     return read_log
 
 
+def _payload(stored: Any) -> bytes:
+    """What a conversation entity publishes for a committed message."""
+    return message_payload(
+        stored.conversation_id,
+        stored.seq,
+        stored.sender_id,
+        stored.client_msg_id,
+        stored.kind,
+        stored.body,
+        stored.created_at,
+    )
+
+
 @pytest.fixture
 async def world(
     settings: Settings, db: Database, redis: aioredis.Redis, uid: str
@@ -101,15 +114,7 @@ async def world(
         stored = await writer.append(
             MessageDraft(conv.id, alice.id, f"m{n}-{uid}", "text", {"text": f"m{n}"}), counter
         )
-        payload = message_payload(
-            stored.conversation_id,
-            stored.seq,
-            stored.sender_id,
-            stored.client_msg_id,
-            stored.kind,
-            stored.body,
-            stored.created_at,
-        )
+        payload = _payload(stored)
         if publish:
             await redis.publish(keys.conv_channel(conv.id), payload)
         return payload
@@ -194,6 +199,79 @@ async def test_own_send_is_acked_not_echoed(world: dict[str, Any]) -> None:
     conn.stop()
     writer.cancel()
     await world["hub"].detach(conn)
+
+
+async def test_a_gap_fill_holds_its_own_conversation_not_the_others(
+    settings: Settings, db: Database, redis: aioredis.Redis, uid: str
+) -> None:
+    """A gap is filled from the log beside the reader loop: while conversation A's fill waits
+    (here: until the test lets it go; after a host kill, the entity's failover), B's live
+    messages are delivered, and A's later live messages wait behind A's fill, in order. With
+    the fill inside the reader loop, B's message never arrives while A's read is held."""
+    users = UserStore(db)
+    alice = await users.create_user(f"dga-{uid}", "hash", "a")
+    bob = await users.create_user(f"dgb-{uid}", "hash", "b")
+    store = ConversationStore(db)
+    a, b = [await store.create_group(f"g{i}", alice.id, [bob.id]) for i in range(2)]
+    messages = MessageStore(db)
+    writer = GroupCommitWriter(db)
+    await writer.start()
+    keys = Keys(f"{settings.namespace}gapfill{uid}")
+    release = asyncio.Event()
+    read = _log_reader(messages)
+
+    async def read_log(
+        user_id: int, cid: int, after: int | None, before: int | None, limit: int
+    ) -> list[MessageEvent]:
+        if cid == a.id:
+            await release.wait()
+        return await read(user_id, cid, after, before, limit)
+
+    async def load(user_id: int) -> dict[int, str]:
+        return {a.id: "group", b.id: "group"}
+
+    hub = DeliveryHub(
+        EventBus(redis, keys), keys, read_log=read_log, load_conversations=load, page_limit=10
+    )
+    await hub.start()
+    counters = {a.id: SeqCounter(), b.id: SeqCounter()}
+    n = 0
+
+    async def write(cid: int, publish: bool = True) -> None:
+        nonlocal n
+        n += 1
+        draft = MessageDraft(cid, alice.id, f"g{n}-{uid}", "text", {"text": f"g{n}"})
+        stored = await writer.append(draft, counters[cid])
+        if publish:
+            await redis.publish(keys.conv_channel(cid), _payload(stored))
+
+    frames = Frames()
+    conn = Connection(frames.send_text, bob.id, "dev", max_queue=1000)
+    sending = asyncio.get_running_loop().create_task(conn.run_writer())
+    try:
+        await hub.attach(conn)
+        await write(a.id)
+        await frames.wait_seqs(1)
+        await write(a.id, publish=False)  # lost by pub/sub: A's seq 3 opens a gap
+        await write(a.id)
+        await write(b.id)  # B's seq 1: delivered although A's fill is held
+        async with asyncio.timeout(10):
+            while not any(f["conversation_id"] == b.id for f in frames.frames):
+                frames.new.clear()
+                await frames.new.wait()
+        await write(a.id)  # A's seq 4: waits behind A's fill
+        await asyncio.sleep(0.2)
+        assert [(f["conversation_id"], f["seq"]) for f in frames.frames] == [(a.id, 1), (b.id, 1)]
+        release.set()
+        await frames.wait_seqs(5)
+        in_a = [f["seq"] for f in frames.frames if f["conversation_id"] == a.id]
+        assert in_a == [1, 2, 3, 4]
+    finally:
+        conn.stop()
+        sending.cancel()
+        await hub.detach(conn)
+        await hub.close()
+        await writer.stop()
 
 
 async def test_tails_after_a_resubscribe_are_read_concurrently(

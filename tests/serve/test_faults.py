@@ -5,8 +5,10 @@ resume; nothing acked is lost, nothing is stored twice, every device ends with t
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
+import time
 from typing import Any
 
 import httpx
@@ -17,6 +19,7 @@ from serve.app import DEPLOYMENT_NAME
 from tests.support import GatewayInfo
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
+logger = logging.getLogger(__name__)
 
 
 def _pid_of(name: str, namespace: str) -> int:
@@ -128,6 +131,71 @@ async def test_killed_host(http: httpx.AsyncClient, gateway: GatewayInfo) -> Non
         os.kill(_pid_of(names[0], gateway.settings.namespace), signal.SIGKILL)
 
     await _run_with_fault(http, gateway, kill_one_host)
+
+
+async def test_a_killed_host_fails_over_then_is_readmitted(
+    http: httpx.AsyncClient, gateway: GatewayInfo
+) -> None:
+    """The controller moves a dead host's shards to the others at once (not waiting for Ray's
+    restart of it), then gives the restarted host its share back: two map changes, under
+    traffic, nothing lost or stored twice (``_run_with_fault`` checks the logs)."""
+    from actors import cluster
+    from actors.autoscale import controller_status
+
+    settings = gateway.settings
+    namespace = settings.namespace
+
+    def entries(action: str, host: str) -> list[dict[str, Any]]:
+        status = controller_status(settings)
+        assert status is not None and status["failover"]["running"], status
+        history = status["failover"]["history"]
+        return [e for e in history if (e["action"], e["host"]) == (action, host)]
+
+    def seen(action: str, host: str) -> int:
+        return len(entries(action, host))
+
+    # An earlier test's kill may still be failed over (its host not yet readmitted): wait.
+    deadline = asyncio.get_running_loop().time() + 120
+    while True:
+        before = await cluster.current_map(settings)
+        if before is not None and len(before.hosts) >= 2:
+            break
+        assert asyncio.get_running_loop().time() < deadline, before
+        await asyncio.sleep(0.2)
+    victim = before.hosts[0]
+    failovers = await asyncio.to_thread(seen, "failover", victim)
+    readmits = await asyncio.to_thread(seen, "readmit", victim)
+
+    async def kill_and_fail_over() -> None:
+        # Ray's restart may win the race on a loaded machine (then the failover is refused and
+        # the restart serves): kill again, at most three times.
+        for _ in range(3):
+            pid = _pid_of(victim, namespace)
+            killed_at = time.time()
+            os.kill(pid, signal.SIGKILL)
+            deadline = asyncio.get_running_loop().time() + 30
+            while asyncio.get_running_loop().time() < deadline:
+                done = await asyncio.to_thread(entries, "failover", victim)
+                if len(done) > failovers:
+                    last = done[-1]
+                    logger.info(  # what it took, for the reader of the log (not asserted)
+                        "failover of %s: began %.2fs after the kill, committed in %ss",
+                        victim,
+                        last["t"] - killed_at,
+                        last["took_s"],
+                    )
+                    return
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"no failover of {victim} in three kills")
+
+    await _run_with_fault(http, gateway, kill_and_fail_over)
+    deadline = asyncio.get_running_loop().time() + 120
+    while await asyncio.to_thread(seen, "readmit", victim) <= readmits:
+        assert asyncio.get_running_loop().time() < deadline, "the restarted host was not readmitted"
+        await asyncio.sleep(0.2)
+    after = await cluster.current_map(settings)
+    assert after is not None and victim in after.hosts
+    assert after.epoch >= before.epoch + 2  # the failover, then the readmit
 
 
 async def test_removed_replica_tells_its_sockets(
