@@ -379,7 +379,7 @@ async def pool_loads(settings: Settings, *, timeout_s: float = 5.0) -> dict[str,
     """The load of every pool host in the committed shard map (dedicated hosts are not part of
     the pool) and of failed-over ones; None for a host that does not answer within
     ``timeout_s`` (or is failed over)."""
-    shard_map = await cluster.current_map(settings)
+    shard_map, failed_over = await cluster.pool_view(settings)
     if shard_map is None:
         # Not started yet, or shut down: not "zero hosts", which decide() would grow.
         raise WarblerError(ErrorCode.UNAVAILABLE, "no shard map: the hosts are not started")
@@ -400,7 +400,7 @@ async def pool_loads(settings: Settings, *, timeout_s: float = 5.0) -> dict[str,
     # A failed-over host is still the pool's (it is readmitted once Ray has restarted it):
     # count it, load unknown, so a failover neither looks like a pool below min_hosts nor
     # lets a decision be made on the hosts that are covering for it.
-    for name in await cluster.failed_over_hosts(settings):
+    for name in failed_over:
         loads.setdefault(name, None)
     return loads
 
@@ -448,7 +448,6 @@ class HostPoolController:
         self._steps = 0
         metrics.configure(settings)
         loop = asyncio.get_running_loop()
-        self._autoscaling = settings.host_autoscale
         self._task = loop.create_task(self._run()) if settings.host_autoscale else None
         # Failover runs in the same actor: one controller per cluster, on the head node.
         self._failover = FailoverWatcher(settings) if settings.host_failover else None

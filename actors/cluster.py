@@ -210,10 +210,12 @@ async def current_map(settings: Settings) -> ShardMap | None:
         return current
 
 
-async def failed_over_hosts(settings: Settings) -> list[str]:
-    """Pool hosts a failover took shards from that have not been readmitted yet."""
+async def pool_view(settings: Settings) -> tuple[ShardMap | None, list[str]]:
+    """The committed map and the pool hosts a failover took shards from that have not been
+    readmitted yet (one Redis connection for both)."""
     async with _directory(settings) as store:
-        return await store.failed_over()
+        current, _ = await store.load()
+        return current, await store.failed_over()
 
 
 async def shutdown_hosts(settings: Settings) -> None:
